@@ -1,0 +1,282 @@
+"""Experiment configuration: dataclasses loaded from YAML with ``--set key=value`` overrides.
+
+A config has four sections (``model``, ``data``, ``train``, ``eval``). Unknown keys are errors,
+so a typo never silently falls back to a default. The resolved config is written into every
+run directory and is enough to rebuild the model of that run.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used."""
+
+
+@dataclass
+class ModelConfig:
+    """Detector architecture.
+
+    ``head_levels`` are the pyramid levels the head reads at high resolution; the aligned
+    low-resolution branch reads them shifted down by m = log2(k).
+    """
+
+    backbone: str = "resnet50"
+    width: float = 1.0
+    backbone_weights: str | None = None
+    norm: str = "sync_bn"
+    fpn_channels: int = 256
+    head_levels: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    k: int = 2
+    head_convs: int = 4
+    gn_groups: int = 32
+    size_ranges: list[list[float]] = field(
+        default_factory=lambda: [[0, 64], [64, 128], [128, 256], [256, 512], [512, 1e8]]
+    )
+    center_radius: float = 1.5
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    prior_prob: float = 0.01
+    score_threshold: float = 0.05
+    pre_nms_topk: int = 1000
+    nms_iou: float = 0.6
+    max_detections: int = 100
+    fusion: str = "cff"
+    fusion_reduction: int = 16
+    fusion_shared: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Dataset location and input pipeline.
+
+    ``short_side``/``max_side`` define the high resolution H; the low resolution L is H / k.
+    """
+
+    root: str = "data/msad_synth"
+    train_split: str = "train"
+    val_split: str = "val"
+    train_tfrecords: str | None = None
+    short_side: int = 800
+    max_side: int = 1333
+    jitter: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    flip: bool = True
+    pad_multiple: int = 256
+    max_boxes: int = 100
+    shuffle_buffer: int = 512
+    num_parallel_calls: int = -1
+    check_images: bool = True
+
+    def ann_file(self, split: str) -> str:
+        return str(Path(self.root) / "annotations" / f"instances_{split}.json")
+
+    def image_dir(self, split: str) -> str:
+        return str(Path(self.root) / split)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and schedule.
+
+    ``mode`` chooses what is trained: ``single`` (one resolution, ``input`` high or low),
+    ``vanilla_multiscale`` (shared weights on H and on L, both through the normal levels),
+    ``aligned`` (shared weights on H and on the stride-k subsample through shifted levels),
+    ``teacher`` (aligned + crossing feature-level fusion).
+    The learning rate scales linearly with the global batch: lr = base_lr * batch_size / base_batch.
+    """
+
+    mode: str = "single"
+    input: str = "high"
+    batch_size: int = 16
+    epochs: int = 12
+    steps_per_epoch: int | None = None
+    base_lr: float = 0.01
+    base_batch: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    warmup_factor: float = 0.001
+    lr_decay_epochs: list[float] = field(default_factory=lambda: [8, 11])
+    lr_decay_factor: float = 0.1
+    clipnorm: float | None = None
+    fusion_weight: float = 0.4
+    schedule: str = "joint"
+    stage2_epochs: int = 0
+    seed: int = 0
+    strategy: str = "default"
+    jit_compile: bool = False
+    mixed_precision: bool = False
+    eval_every: int = 0
+    checkpoint_every: int = 1
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: batch size and which resolutions to report."""
+
+    batch_size: int = 8
+    resolutions: list[str] = field(default_factory=lambda: ["high", "low"])
+    max_images: int | None = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def low_resolution(self) -> tuple[int, int]:
+        """(short_side, max_side) of the low resolution L = H / k."""
+        k = self.model.k
+        return self.data.short_side // k, self.data.max_side // k
+
+    def high_resolution(self) -> tuple[int, int]:
+        return self.data.short_side, self.data.max_side
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_class(name: str):
+    return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}[name]
+
+
+def _build_section(cls, values: dict[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
+        )
+    return cls(**values)
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> Config:
+    """Build a Config from nested dicts, rejecting unknown sections and keys."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown section(s) {', '.join(unknown)}; valid: {', '.join(_SECTIONS)}"
+        )
+    sections = {}
+    for name in _SECTIONS:
+        section = values.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: section '{name}' must be a mapping")
+        sections[name] = _build_section(_section_class(name), section, f"{where} [{name}]")
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (value parsed as YAML) to a nested dict."""
+    values = copy.deepcopy(values)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"override '{item}': key must be section.key, e.g. train.epochs=2")
+        section, name = parts
+        if section not in _SECTIONS:
+            raise ConfigError(f"override '{item}': unknown section '{section}'")
+        known = {f.name for f in dataclasses.fields(_section_class(section))}
+        if name not in known:
+            raise ConfigError(
+                f"override '{item}': unknown key '{name}' in [{section}]; "
+                f"valid keys: {', '.join(sorted(known))}"
+            )
+        values.setdefault(section, {})
+        values[section][name] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        where = str(path)
+    values = apply_overrides(values, overrides or [])
+    return config_from_dict(values, where)
+
+
+def validate(config: Config) -> None:
+    """Reject configs that cannot train, before any work starts."""
+    m, t, d = config.model, config.train, config.data
+    k = m.k
+    if k < 1 or (k & (k - 1)) != 0:
+        raise ConfigError(f"model.k = {k}: must be a power of two (1, 2, 4, ...)")
+    shift = int(math.log2(k))
+    if min(m.head_levels) - shift < 1:
+        raise ConfigError(
+            f"model.k = {k} shifts the head levels {m.head_levels} down by {shift}, below P1: "
+            f"the low-resolution branch would lack pyramid levels; use a smaller k"
+        )
+    levels = list(m.head_levels)
+    if levels != list(range(levels[0], levels[0] + len(levels))):
+        raise ConfigError(f"model.head_levels {levels} must be contiguous")
+    if max(levels) > 7:
+        raise ConfigError(f"model.head_levels {levels}: the FPN stops at P7")
+    if len(m.size_ranges) != len(levels):
+        raise ConfigError(
+            f"model.size_ranges has {len(m.size_ranges)} ranges for {len(levels)} head levels"
+        )
+    if m.backbone not in ("resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101"):
+        raise ConfigError(f"model.backbone '{m.backbone}' unknown")
+    if m.width not in (0.25, 0.5, 0.75, 1.0):
+        raise ConfigError(f"model.width {m.width}: choose 0.25, 0.5, 0.75 or 1.0")
+    if m.norm not in ("sync_bn", "bn", "frozen_bn"):
+        raise ConfigError(f"model.norm '{m.norm}': choose sync_bn, bn or frozen_bn")
+    if m.fusion not in ("cff", "sigmoid", "channel", "sc_sum", "cc"):
+        raise ConfigError(f"model.fusion '{m.fusion}': choose cff, sigmoid, channel, sc_sum or cc")
+    if m.fpn_channels % m.gn_groups:
+        raise ConfigError(f"model.gn_groups {m.gn_groups} must divide fpn_channels {m.fpn_channels}")
+    if t.mode not in ("single", "vanilla_multiscale", "aligned", "teacher"):
+        raise ConfigError(
+            f"train.mode '{t.mode}': choose single, vanilla_multiscale, aligned or teacher"
+        )
+    if t.input not in ("high", "low"):
+        raise ConfigError(f"train.input '{t.input}': choose high or low")
+    if t.schedule not in ("joint", "two_step"):
+        raise ConfigError(f"train.schedule '{t.schedule}': choose joint or two_step")
+    if t.strategy not in ("default", "mirrored", "multi_worker"):
+        raise ConfigError(f"train.strategy '{t.strategy}': choose default, mirrored or multi_worker")
+    if t.batch_size < 1 or t.epochs < 1:
+        raise ConfigError("train.batch_size and train.epochs must be positive")
+    if len(d.jitter) != 2 or not 0 < d.jitter[0] <= d.jitter[1]:
+        raise ConfigError(f"data.jitter {d.jitter} must be [alpha_min, alpha_max] with 0 < min <= max")
+    if d.pad_multiple % (2 ** max(levels)):
+        raise ConfigError(
+            f"data.pad_multiple {d.pad_multiple} must be a multiple of the coarsest stride "
+            f"2^{max(levels)} = {2 ** max(levels)}"
+        )
+    for r in config.eval.resolutions:
+        if r not in ("high", "low"):
+            raise ConfigError(f"eval.resolutions entry '{r}': choose high or low")

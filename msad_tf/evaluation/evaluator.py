@@ -1,0 +1,108 @@
+"""Run a detector over a COCO split at a chosen resolution and score it with COCOeval."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from msad_tf.evaluation.coco_eval import evaluate_coco, to_coco_results
+
+
+def resolution_for(config, name: str) -> tuple[int, int]:
+    """(short_side, max_side) of a resolution name: ``high`` = H, ``low`` = H / k."""
+    if name == "high":
+        return config.high_resolution()
+    if name == "low":
+        return config.low_resolution()
+    raise ValueError(f"unknown resolution '{name}': choose high or low")
+
+
+def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, pad_multiple=256,
+                 max_images=None, progress=True, branch=None):
+    """Detections of ``model`` on a CocoDataset, as COCO results in original pixels.
+
+    ``shift`` selects the pyramid levels (0: P3..P7 of the input; m: the aligned
+    low-resolution levels). ``branch`` is passed to models with several inference branches.
+    Returns (results, image_ids evaluated).
+    """
+    from msad_tf.data import build_dataset
+
+    ds = build_dataset(
+        dataset,
+        short_side=short_side,
+        max_side=max_side,
+        batch_size=batch_size,
+        training=False,
+        pad_multiple=pad_multiple,
+    )
+    total = len(dataset.records) if max_images is None else min(max_images, len(dataset.records))
+    num_batches = -(-total // batch_size)
+    ds = ds.take(num_batches)
+    detect = model.detect_function(shift) if branch is None else model.detect_function(shift, branch)
+    bar = keras.utils.Progbar(num_batches, verbose=1 if progress else 0, unit_name="batch")
+    results, image_ids = [], []
+    for batch in ds:
+        out = detect(batch["images"], batch["image_sizes"])
+        out = {k: v.numpy() for k, v in out.items()}
+        ids = batch["image_ids"].numpy()
+        results += to_coco_results(
+            ids,
+            out["boxes"],
+            out["scores"],
+            out["classes"],
+            out["num_detections"],
+            batch["scales"].numpy(),
+            dataset.category_ids,
+        )
+        image_ids += ids.tolist()
+        bar.add(1)
+    return results, image_ids
+
+
+def evaluate_model(model, dataset, config, resolution: str = "high", shift=None, branch=None,
+                   max_images=None, progress=True) -> dict[str, float]:
+    """COCO metrics of ``model`` on ``dataset`` at resolution ``high`` or ``low``.
+
+    ``shift`` defaults to the model's own choice for that resolution (``model.shift_for``).
+    """
+    short_side, max_side = resolution_for(config, resolution)
+    if shift is None:
+        shift = model.shift_for(resolution)
+    results, image_ids = predict_coco(
+        model,
+        dataset,
+        short_side=short_side,
+        max_side=max_side,
+        shift=shift,
+        batch_size=config.eval.batch_size,
+        pad_multiple=config.data.pad_multiple,
+        max_images=max_images if max_images is not None else config.eval.max_images,
+        progress=progress,
+        branch=branch,
+    )
+    return evaluate_coco(dataset.coco, results, np.unique(image_ids))
+
+
+class COCOEvalCallback(keras.callbacks.Callback):
+    """Evaluates on a split every ``every`` epochs and adds ``val_AP``... to the epoch logs."""
+
+    def __init__(self, dataset, config, every: int = 1, resolutions=("high",)):
+        super().__init__()
+        self.dataset = dataset
+        self.config = config
+        self.every = max(int(every), 1)
+        self.resolutions = tuple(resolutions)
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        record = {"epoch": epoch + 1}
+        for resolution in self.resolutions:
+            metrics = evaluate_model(self.model, self.dataset, self.config, resolution, progress=False)
+            suffix = "" if resolution == "high" else f"_{resolution}"
+            for name, value in metrics.items():
+                record[f"val_{name}{suffix}"] = value
+        self.history.append(record)
+        if logs is not None:
+            logs.update({k: v for k, v in record.items() if k != "epoch"})
+        print(" - ".join(f"{k}: {v:.2f}" for k, v in record.items() if k != "epoch"))

@@ -1,0 +1,139 @@
+"""ResNet backbones returning C1..C5 (strides 2, 4, 8, 16, 32).
+
+Layer names follow keras.applications (``conv1_conv``, ``conv2_block1_1_conv``, ...) so a
+width-1.0 ResNet-50/101 can take ImageNet weights from ``keras.applications`` by name. Every
+stride-2 op gives ceil(n / 2) outputs, so an input of any size and its stride-k subsample produce
+aligned pyramids.
+"""
+from __future__ import annotations
+
+import keras
+
+_STAGES = {
+    "resnet_tiny": ("basic", (1, 1, 1, 1)),
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+}
+_APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101"}
+_BN_EPSILON = 1.001e-5
+
+
+def _norm(name: str, norm: str):
+    layer = keras.layers.BatchNormalization(
+        epsilon=_BN_EPSILON, synchronized=(norm == "sync_bn"), name=name
+    )
+    if norm == "frozen_bn":
+        layer.trainable = False
+    return layer
+
+
+def _conv(filters, kernel, stride, name):
+    padding = "same" if stride == 1 else "valid"
+    return keras.layers.Conv2D(
+        filters, kernel, strides=stride, padding=padding, use_bias=True, name=name
+    )
+
+
+def _strided(x, filters, kernel, stride, name):
+    """Conv with stride 2 and explicit padding: output size ceil(n / 2) for any n."""
+    if stride == 2 and kernel > 1:
+        x = keras.layers.ZeroPadding2D(kernel // 2, name=name + "_pad")(x)
+    return _conv(filters, kernel, stride, name)(x)
+
+
+def _bottleneck(x, filters, stride, norm, name, project):
+    shortcut = x
+    if project:
+        shortcut = _conv(4 * filters, 1, stride, name + "_0_conv")(x)
+        shortcut = _norm(name + "_0_bn", norm)(shortcut)
+    x = _conv(filters, 1, stride, name + "_1_conv")(x)
+    x = _norm(name + "_1_bn", norm)(x)
+    x = keras.layers.Activation("relu", name=name + "_1_relu")(x)
+    x = _conv(filters, 3, 1, name + "_2_conv")(x)
+    x = _norm(name + "_2_bn", norm)(x)
+    x = keras.layers.Activation("relu", name=name + "_2_relu")(x)
+    x = _conv(4 * filters, 1, 1, name + "_3_conv")(x)
+    x = _norm(name + "_3_bn", norm)(x)
+    x = keras.layers.Add(name=name + "_add")([shortcut, x])
+    return keras.layers.Activation("relu", name=name + "_out")(x)
+
+
+def _basic(x, filters, stride, norm, name, project):
+    shortcut = x
+    if project:
+        shortcut = _conv(filters, 1, stride, name + "_0_conv")(x)
+        shortcut = _norm(name + "_0_bn", norm)(shortcut)
+    x = _strided(x, filters, 3, stride, name + "_1_conv")
+    x = _norm(name + "_1_bn", norm)(x)
+    x = keras.layers.Activation("relu", name=name + "_1_relu")(x)
+    x = _conv(filters, 3, 1, name + "_2_conv")(x)
+    x = _norm(name + "_2_bn", norm)(x)
+    x = keras.layers.Add(name=name + "_add")([shortcut, x])
+    return keras.layers.Activation("relu", name=name + "_out")(x)
+
+
+def stage_channels(name: str, width: float) -> tuple[int, ...]:
+    """Output channels of C2..C5 for a backbone name and width multiplier."""
+    kind, _ = _STAGES[name]
+    expansion = 4 if kind == "bottleneck" else 1
+    return tuple(int(64 * width) * 2**i * expansion for i in range(4))
+
+
+def build_resnet(
+    name: str = "resnet50", width: float = 1.0, norm: str = "sync_bn", weights: str | None = None
+) -> keras.Model:
+    """Functional ResNet: images [B, H, W, 3] -> [C1, C2, C3, C4, C5].
+
+    C1 has stride 2 (stem conv), C2..C5 strides 4..32 with ``stage_channels(name, width)``
+    channels. ``weights="imagenet"`` loads keras.applications weights by layer name (width 1.0
+    ResNet-50/101 only; needs a network the first time).
+    """
+    if name not in _STAGES:
+        raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(_STAGES)}")
+    if weights is not None and (name not in _APPLICATIONS or width != 1.0):
+        raise ValueError(
+            f"pretrained weights are available for width-1.0 {', '.join(_APPLICATIONS)} only, "
+            f"not {name} at width {width}"
+        )
+    kind, blocks = _STAGES[name]
+    block_fn = _bottleneck if kind == "bottleneck" else _basic
+    base = int(64 * width)
+    inputs = keras.Input((None, None, 3), name="images")
+    x = _strided(inputs, base, 7, 2, "conv1_conv")
+    x = _norm("conv1_bn", norm)(x)
+    c1 = keras.layers.Activation("relu", name="conv1_relu")(x)
+    x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(c1)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    outputs = [c1]
+    in_channels = base
+    for stage, count in enumerate(blocks):
+        filters = base * 2**stage
+        out_channels = filters * (4 if kind == "bottleneck" else 1)
+        for block in range(count):
+            stride = 2 if (block == 0 and stage > 0) else 1
+            project = block == 0 and (stride != 1 or in_channels != out_channels)
+            x = block_fn(x, filters, stride, norm, f"conv{stage + 2}_block{block + 1}", project)
+            in_channels = out_channels
+        outputs.append(x)
+    model = keras.Model(inputs, outputs, name=f"{name}_w{width}")
+    if weights is not None:
+        load_application_weights(model, name, weights)
+    return model
+
+
+def load_application_weights(model: keras.Model, name: str, weights: str) -> int:
+    """Copy keras.applications weights into ``model`` by layer name; returns layers copied."""
+    app = getattr(keras.applications, _APPLICATIONS[name])(
+        include_top=False, weights=weights, input_shape=(None, None, 3)
+    )
+    source = {layer.name: layer for layer in app.layers if layer.weights}
+    copied = 0
+    for layer in model.layers:
+        if layer.name in source:
+            layer.set_weights(source[layer.name].get_weights())
+            copied += 1
+    if copied == 0:
+        raise ValueError(f"no layer names matched keras.applications.{_APPLICATIONS[name]}")
+    return copied

@@ -1,0 +1,251 @@
+"""FCOSDetector: ResNet-FPN FCOS as a keras.Model with a custom train_step.
+
+Training modes (``train_mode``):
+  single               one branch on the batch as given (any resolution, normal levels).
+  vanilla_multiscale   shared weights on the high-res batch and on its stride-k subsample, both
+                       through the normal levels; the low branch has its own targets (boxes / k).
+  aligned              shared weights on the high-res batch (levels P3..P7) and on its stride-k
+                       subsample through the shifted levels P(3-m)'..P(7-m)'; both branches use
+                       the SAME targets, assigned once in the high-res frame.
+The multi-scale fusion teacher (``MultiScaleTeacher``) extends ``aligned`` with C-FF.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from msad_tf.config import ModelConfig
+from msad_tf.losses.fcos import FCOSTargetSpec, assign_targets, fcos_losses, level_sizes
+from msad_tf.modeling.backbone import build_resnet, stage_channels
+from msad_tf.modeling.fpn import FeaturePyramid
+from msad_tf.modeling.head import FCOSHead
+from msad_tf.modeling.postprocess import PostprocessConfig, postprocess
+from msad_tf.modeling.pyramid import AlignedPyramid
+
+TRAIN_MODES = ("single", "vanilla_multiscale", "aligned")
+_LOSS_PARTS = ("cls", "box", "ctr")
+
+
+def model_config_from(value) -> ModelConfig:
+    if isinstance(value, ModelConfig):
+        return value
+    return ModelConfig(**value)
+
+
+class FCOSDetector(keras.Model):
+    """FCOS on a ResNet-FPN.
+
+    Args:
+      config: ModelConfig (or its dict) for the architecture, assignment and inference.
+      num_classes: number of contiguous classes C.
+      train_mode: one of ``TRAIN_MODES`` (see module docstring).
+      inference_shift: pyramid shift used by ``predict_step``/``detect`` by default: 0 reads
+        P3..P7 of the input, m reads the aligned low-resolution levels P(3-m)'..P(7-m)'.
+    Inputs of ``train_step``: dict from ``msad_tf.data.build_dataset`` with images
+    [B, H, W, 3], boxes [B, N, 4] and classes [B, N] in the frame of ``images``.
+    """
+
+    branches: tuple[str, ...] = ("high",)
+
+    def __init__(
+        self,
+        config,
+        num_classes: int,
+        train_mode: str = "single",
+        inference_shift: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.model_config = model_config_from(config)
+        cfg = self.model_config
+        if train_mode not in self.train_modes():
+            raise ValueError(f"train_mode '{train_mode}': choose one of {self.train_modes()}")
+        self.num_classes = int(num_classes)
+        self.train_mode = train_mode
+        self.inference_shift = int(inference_shift)
+        self.pyramid = AlignedPyramid(tuple(cfg.head_levels), cfg.k)
+        self.backbone = build_resnet(cfg.backbone, cfg.width, cfg.norm, cfg.backbone_weights)
+        c1 = int(64 * cfg.width)
+        self.fpn = FeaturePyramid(
+            cfg.fpn_channels,
+            min_level=self.pyramid.min_level if self.reads_shifted_levels else self.pyramid.levels()[0],
+            in_channels=(c1,) + stage_channels(cfg.backbone, cfg.width),
+            name="fpn",
+        )
+        self.head = FCOSHead(
+            self.num_classes,
+            cfg.fpn_channels,
+            cfg.head_convs,
+            cfg.gn_groups,
+            self.pyramid.num_levels,
+            cfg.prior_prob,
+            name="head",
+        )
+        self.target_spec = FCOSTargetSpec(
+            strides=self.pyramid.strides(0),
+            size_ranges=tuple(tuple(float(v) for v in r) for r in cfg.size_ranges),
+            center_radius=cfg.center_radius,
+        )
+        self.postprocess_config = PostprocessConfig(
+            cfg.score_threshold, cfg.pre_nms_topk, cfg.nms_iou, cfg.max_detections
+        )
+        self.loss_trackers = {
+            name: keras.metrics.Mean(name=name) for name in self.loss_names()
+        }
+        self._detect_functions = {}
+        self.build()
+
+    @property
+    def reads_shifted_levels(self) -> bool:
+        """Whether any branch reads the aligned low-resolution levels P(3-m)'..P(7-m)'."""
+        return self.train_mode == "aligned" or self.inference_shift > 0
+
+    @classmethod
+    def train_modes(cls) -> tuple[str, ...]:
+        return TRAIN_MODES
+
+    def get_config(self):
+        return {
+            "config": dataclasses.asdict(self.model_config),
+            "num_classes": self.num_classes,
+            "train_mode": self.train_mode,
+            "inference_shift": self.inference_shift,
+            "name": self.name,
+        }
+
+    def build(self, input_shape=None):
+        """Create every weight by running each branch once on a small dummy batch."""
+        side = 2 ** (self.pyramid.max_level + 1)
+        dummy = tf.zeros([1, side, side, 3])
+        self.head_outputs(self.pyramid_features(dummy, 0))
+        if self.reads_shifted_levels:
+            low = self.pyramid.subsample(dummy)
+            self.head_outputs(self.pyramid_features(low, self.pyramid.shift))
+        self.built = True
+
+    # ----------------------------------------------------------------------------- forward
+    def pyramid_features(self, images, shift: int = 0, training: bool = False):
+        """images [B, H, W, 3] -> pyramid levels ``pyramid.levels(shift)``, each
+        [B, ceil(H / 2^l), ceil(W / 2^l), fpn_channels]."""
+        features = self.backbone(images, training=training)
+        return self.fpn(features, levels=self.pyramid.levels(shift))
+
+    def head_outputs(self, features):
+        """List of num_levels maps -> per-level dicts (see ``FCOSHead``)."""
+        return self.head(features)
+
+    def call(self, images, training=False):
+        return self.head_outputs(self.pyramid_features(images, self.inference_shift, training))
+
+    def detect(self, images, image_sizes=None, shift: int | None = None, training=False):
+        """images [B, H, W, 3] normalised -> detections in the pixel frame of ``images``.
+
+        See ``msad_tf.modeling.postprocess.postprocess`` for the output dict.
+        """
+        shift = self.inference_shift if shift is None else shift
+        outputs = self.head_outputs(self.pyramid_features(images, shift, training))
+        if image_sizes is None:
+            shape = tf.shape(images)
+            image_sizes = tf.tile(shape[None, 1:3], [shape[0], 1])
+        return postprocess(outputs, self.pyramid.strides(shift), image_sizes, self.postprocess_config)
+
+    def shift_for(self, resolution: str) -> int:
+        """Pyramid shift to read at a resolution: aligned models read the shifted levels at L."""
+        if resolution == "low" and self.train_mode == "aligned":
+            return self.pyramid.shift
+        return 0
+
+    def detect_function(self, shift: int | None = None):
+        """A cached tf.function of ``detect`` for one shift: (images, image_sizes) -> dict."""
+        shift = self.inference_shift if shift is None else shift
+        if shift not in self._detect_functions:
+            self._detect_functions[shift] = tf.function(
+                lambda images, sizes: self.detect(images, sizes, shift),
+                reduce_retracing=True,
+            )
+        return self._detect_functions[shift]
+
+    def predict_step(self, data):
+        if isinstance(data, dict):
+            return self.detect(data["images"], data.get("image_sizes"))
+        return self.detect(data)
+
+    # ----------------------------------------------------------------------------- training
+    def targets(self, boxes, classes, outputs, scale: float = 1.0):
+        """Assignment for per-level ``outputs``; boxes are divided by ``scale`` first."""
+        return assign_targets(boxes / scale, classes, level_sizes(outputs), self.target_spec)
+
+    def branch_loss(self, outputs, targets):
+        cfg = self.model_config
+        return fcos_losses(outputs, targets, cfg.focal_alpha, cfg.focal_gamma)
+
+    def loss_names(self) -> list[str]:
+        names = ["loss"]
+        for branch in self.branch_names():
+            names.append(f"loss_{branch}")
+            names += [f"{branch}_{part}" for part in _LOSS_PARTS]
+        return names
+
+    def branch_names(self) -> tuple[str, ...]:
+        return ("high",) if self.train_mode == "single" else ("high", "low")
+
+    def compute_losses(self, data, training: bool = True):
+        """Per-branch FCOS losses for one batch: dict name -> per-replica scalar.
+
+        Keys: ``loss`` (the optimised sum), ``loss_<branch>`` and ``<branch>_<cls|box|ctr>``.
+        """
+        images, boxes, classes = data["images"], data["boxes"], data["classes"]
+        branch_losses = {}
+        high = self.head_outputs(self.pyramid_features(images, 0, training))
+        targets = self.targets(boxes, classes, high)
+        branch_losses["high"] = self.branch_loss(high, targets)
+        if self.train_mode != "single":
+            low_images = self.pyramid.subsample(images)
+            if self.train_mode == "aligned":
+                low = self.head_outputs(
+                    self.pyramid_features(low_images, self.pyramid.shift, training)
+                )
+                low_targets = targets
+            else:
+                low = self.head_outputs(self.pyramid_features(low_images, 0, training))
+                low_targets = self.targets(boxes, classes, low, scale=float(self.pyramid.k))
+            branch_losses["low"] = self.branch_loss(low, low_targets)
+        return self._collect(branch_losses)
+
+    @staticmethod
+    def _collect(branch_losses, weights=None):
+        weights = weights or {}
+        result = {}
+        total = 0.0
+        for branch, parts in branch_losses.items():
+            weight = weights.get(branch, 1.0)
+            result[f"loss_{branch}"] = parts["total"]
+            for part in _LOSS_PARTS:
+                result[f"{branch}_{part}"] = parts[part]
+            total = total + weight * parts["total"]
+        result["loss"] = total
+        return result
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values())
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(data, training=True)
+            scaled = self.optimizer.scale_loss(losses["loss"])
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        return self._update_trackers(losses)
+
+    def test_step(self, data):
+        return self._update_trackers(self.compute_losses(data, training=False))
+
+    def _update_trackers(self, losses):
+        replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
+        for name, tracker in self.loss_trackers.items():
+            tracker.update_state(losses[name] * replicas)
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}

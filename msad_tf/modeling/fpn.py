@@ -1,0 +1,88 @@
+"""Feature pyramid network producing any contiguous range of P1..P7."""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def _upsample_to(x, like):
+    """Nearest 2x upsampling of x [B, h, w, C], cropped to the spatial size of ``like``."""
+    up = ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)
+    shape = ops.shape(like)
+    return up[:, : shape[1], : shape[2], :]
+
+
+class FeaturePyramid(keras.layers.Layer):
+    """FPN over C1..C5 with P6 = conv3x3/2(C5) and P7 = conv3x3/2(ReLU(P6)).
+
+    Builds lateral (1x1) and output (3x3) convs for levels ``min_level``..5. ``call`` computes
+    only the levels it is asked for: a high-resolution pass reading P3..P7 never computes P2.
+
+    Args:
+      channels: output channels of every level.
+      min_level: lowest level that can be requested (2 for k = 2, 1 for k = 4).
+      in_channels: channels of C1..C5, used to build all weights up front.
+    """
+
+    def __init__(self, channels: int = 256, min_level: int = 2, in_channels=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 1 <= min_level <= 5:
+            raise ValueError(f"min_level {min_level} must be in 1..5")
+        self.channels = channels
+        self.min_level = min_level
+        self.in_channels = tuple(in_channels) if in_channels is not None else None
+        init = keras.initializers.HeUniform()
+        self.lateral = {
+            level: keras.layers.Conv2D(channels, 1, kernel_initializer=init, name=f"lateral_p{level}")
+            for level in range(min_level, 6)
+        }
+        self.output_conv = {
+            level: keras.layers.Conv2D(
+                channels, 3, padding="same", kernel_initializer=init, name=f"output_p{level}"
+            )
+            for level in range(min_level, 6)
+        }
+        self.p6 = keras.layers.Conv2D(
+            channels, 3, strides=2, padding="same", kernel_initializer=init, name="p6"
+        )
+        self.p7 = keras.layers.Conv2D(
+            channels, 3, strides=2, padding="same", kernel_initializer=init, name="p7"
+        )
+
+    def build(self, input_shape=None):
+        if self.in_channels is not None:
+            for level in range(self.min_level, 6):
+                self.lateral[level].build((None, None, None, self.in_channels[level - 1]))
+                self.output_conv[level].build((None, None, None, self.channels))
+            self.p6.build((None, None, None, self.in_channels[4]))
+            self.p7.build((None, None, None, self.channels))
+        self.built = True
+
+    def call(self, features, levels):
+        """features: [C1..C5] -> list of P_l [B, ceil(H / 2^l), ceil(W / 2^l), channels] for ``levels``."""
+        levels = tuple(levels)
+        low, high = min(levels), max(levels)
+        if low < self.min_level:
+            raise ValueError(f"level P{low} requested, but this FPN was built from P{self.min_level}")
+        if levels != tuple(range(low, high + 1)):
+            raise ValueError(f"levels {levels} must be contiguous")
+        outputs = {}
+        inner = None
+        for level in range(5, low - 1, -1):
+            lateral = self.lateral[level](features[level - 1])
+            inner = lateral if inner is None else lateral + _upsample_to(inner, lateral)
+            if level <= high:
+                outputs[level] = self.output_conv[level](inner)
+        if high >= 6:
+            p6 = self.p6(features[4])
+            outputs[6] = p6
+            if high >= 7:
+                outputs[7] = self.p7(ops.relu(p6))
+        return [outputs[level] for level in levels]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            channels=self.channels, min_level=self.min_level, in_channels=self.in_channels
+        )
+        return config

@@ -1,0 +1,121 @@
+"""FCOS head: shared GroupNorm towers, per-level Scale, centerness on the regression tower."""
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+
+class FCOSHead(keras.layers.Layer):
+    """Classification, box regression and centerness over a list of pyramid levels.
+
+    The towers are shared by all levels; level i of the input list is multiplied by the
+    learnable scalar ``scales[i]`` before the ReLU of the regression output, so an aligned
+    low-resolution level P'_{s-m} uses the same Scale as P_s.
+
+    Args:
+      num_classes: C.
+      channels: input and tower channels.
+      num_convs: 3x3 conv + GroupNorm + ReLU blocks per tower.
+      num_levels: number of levels (Scales).
+    Call:
+      features: list of num_levels maps [B, H_i, W_i, channels].
+    Returns:
+      list over levels of dicts: cls_logits [B, H_i, W_i, C], box_reg [B, H_i, W_i, 4]
+      (l, t, r, b distances in units of the level stride), centerness [B, H_i, W_i] (logits).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        channels: int = 256,
+        num_convs: int = 4,
+        gn_groups: int = 32,
+        num_levels: int = 5,
+        prior_prob: float = 0.01,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.channels = channels
+        self.num_convs = num_convs
+        self.gn_groups = gn_groups
+        self.num_levels = num_levels
+        self.prior_prob = prior_prob
+        init = keras.initializers.RandomNormal(stddev=0.01)
+
+        def tower(name):
+            layers = []
+            for i in range(num_convs):
+                layers.append(
+                    keras.layers.Conv2D(
+                        channels, 3, padding="same", kernel_initializer=init, name=f"{name}_conv{i}"
+                    )
+                )
+                layers.append(
+                    keras.layers.GroupNormalization(gn_groups, epsilon=1e-5, name=f"{name}_gn{i}")
+                )
+                layers.append(keras.layers.ReLU(name=f"{name}_relu{i}"))
+            return layers
+
+        self.cls_tower = tower("cls_tower")
+        self.box_tower = tower("box_tower")
+        bias = -math.log((1 - prior_prob) / prior_prob)
+        self.cls_logits = keras.layers.Conv2D(
+            num_classes,
+            3,
+            padding="same",
+            kernel_initializer=init,
+            bias_initializer=keras.initializers.Constant(bias),
+            name="cls_logits",
+        )
+        self.box_pred = keras.layers.Conv2D(
+            4, 3, padding="same", kernel_initializer=init, name="box_pred"
+        )
+        self.centerness = keras.layers.Conv2D(
+            1, 3, padding="same", kernel_initializer=init, name="centerness"
+        )
+
+    def build(self, input_shape=None):
+        shape = (None, None, None, self.channels)
+        for layer in self.cls_tower + self.box_tower:
+            layer.build(shape)
+        for layer in (self.cls_logits, self.box_pred, self.centerness):
+            layer.build(shape)
+        self.scales = self.add_weight(
+            name="scales", shape=(self.num_levels,), initializer="ones", trainable=True
+        )
+        self.built = True
+
+    def call(self, features):
+        if len(features) != self.num_levels:
+            raise ValueError(f"head built for {self.num_levels} levels, got {len(features)}")
+        outputs = []
+        for i, feature in enumerate(features):
+            cls = feature
+            for layer in self.cls_tower:
+                cls = layer(cls)
+            box = feature
+            for layer in self.box_tower:
+                box = layer(box)
+            outputs.append(
+                {
+                    "cls_logits": self.cls_logits(cls),
+                    "box_reg": ops.relu(self.scales[i] * self.box_pred(box)),
+                    "centerness": ops.squeeze(self.centerness(box), -1),
+                }
+            )
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            channels=self.channels,
+            num_convs=self.num_convs,
+            gn_groups=self.gn_groups,
+            num_levels=self.num_levels,
+            prior_prob=self.prior_prob,
+        )
+        return config
