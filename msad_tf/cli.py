@@ -1,0 +1,245 @@
+"""The ``msad`` command.
+
+  msad make-dataset      write the embedded synthetic dataset (COCO layout)
+  msad make-tfrecords    convert a COCO dataset to sharded TFRecords
+  msad train             train a detector or teacher from a YAML config
+  msad evaluate          COCO AP of a run at high and/or low resolution
+  msad predict           detections on image files (JSON + PNG)
+  msad fusion-analysis   C-FF weight vs object size for a teacher run
+  msad benchmark train   tf.data and train-step throughput, as ratios
+  msad demo              the main job on the embedded dataset
+
+Every command takes ``--help``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _add_config_args(parser, default_config=None):
+    parser.add_argument("--config", default=default_config, help="YAML config (configs/*.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=2 (repeatable)",
+    )
+
+
+def _resolve_config(args):
+    from msad_tf.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "strategy", None):
+        overrides.append(f"train.strategy={args.strategy}")
+    return load_config(args.config, overrides)
+
+
+def cmd_make_dataset(args):
+    from msad_tf.data.synthetic import make_synthetic_dataset
+
+    paths = make_synthetic_dataset(
+        args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
+        seed=args.seed, progress=not args.quiet,
+    )
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+
+
+def cmd_make_tfrecords(args):
+    from msad_tf.data import CocoDataset
+    from msad_tf.data.tfrecords import write_tfrecords
+
+    dataset = CocoDataset(args.ann, args.images, check_images=True)
+    paths = write_tfrecords(dataset, args.out, args.shards, progress=True)
+    print(f"wrote {len(paths)} shards, {len(dataset.records)} images: {args.out}-*-of-{args.shards:05d}.tfrecord")
+
+
+def cmd_train(args):
+    from msad_tf.training.train import train
+
+    config = _resolve_config(args)
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.config or "default").stem)
+    train(config, run_dir, progress=not args.quiet)
+    print(f"run directory: {run_dir}")
+
+
+def _evaluate_run(run_dir, split, resolutions, max_images, progress=True):
+    from msad_tf.evaluation.evaluator import evaluate_model
+    from msad_tf.training import runs
+    from msad_tf.training.train import load_split
+
+    config, model, _, _ = runs.load_run(run_dir)
+    dataset = load_split(config, split)
+    rows = {}
+    for resolution in resolutions:
+        for label, branch in model_branches(model, resolution):
+            metrics = evaluate_model(
+                model, dataset, config, resolution, branch=branch, max_images=max_images, progress=progress
+            )
+            rows[label] = metrics
+            runs.update_metrics(run_dir, f"{split}/{label}", metrics)
+    return rows
+
+
+def model_branches(model, resolution):
+    """(row label, inference branch) pairs to evaluate for a model at a resolution."""
+    branches = getattr(model, "inference_branches", None)
+    if branches is None:
+        return [(resolution, None)]
+    return [(f"{b}@{resolution}" if b != "fused" else "fused", b) for b in branches(resolution)]
+
+
+def cmd_evaluate(args):
+    from msad_tf.evaluation.coco_eval import format_table, write_metrics
+
+    rows = _evaluate_run(args.run, args.split, args.resolutions, args.max_images, not args.quiet)
+    print(format_table(rows, title=f"{args.run} ({args.split})"))
+    out = Path(args.json or Path(args.run) / f"eval_{args.split}.json")
+    write_metrics(out, rows)
+    print(f"metrics written to {out}")
+
+
+def cmd_predict(args):
+    from msad_tf.evaluation.evaluator import resolution_for
+    from msad_tf.evaluation.predict import predict_files
+    from msad_tf.training import runs
+
+    config, model, ids, names = runs.load_run(args.run)
+    short_side, max_side = resolution_for(config, args.resolution)
+    summary = predict_files(
+        model, args.images, args.out, short_side=short_side, max_side=max_side,
+        shift=model.shift_for(args.resolution), category_ids=ids, names=names,
+        score_threshold=args.score_threshold, pad_multiple=config.data.pad_multiple,
+    )
+    for entry in summary:
+        print(json.dumps(entry))
+    if all("error" in entry for entry in summary):
+        sys.exit(1)
+
+
+def cmd_fusion_analysis(args):
+    from msad_tf.evaluation.fusion_analysis import fusion_analysis
+    from msad_tf.training import runs
+    from msad_tf.training.train import load_split
+
+    config, model, _, _ = runs.load_run(args.run)
+    if not hasattr(model, "fusion_weights"):
+        raise SystemExit(f"{args.run} is not a fusion teacher run (train.mode teacher)")
+    dataset = load_split(config, args.split)
+    out = fusion_analysis(model, dataset, config, args.out or Path(args.run) / "fusion_analysis",
+                          max_images=args.max_images)
+    print(json.dumps({k: str(v) for k, v in out.items()}, indent=2))
+
+
+def cmd_benchmark(args):
+    from msad_tf.evaluation.benchmark import benchmark_train, format_train_benchmark
+
+    config = _resolve_config(args)
+    result = benchmark_train(config, modes=args.modes, steps=args.steps)
+    print(format_train_benchmark(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def cmd_demo(args):
+    from msad_tf.demo import run_demo
+
+    run_demo(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
+             force=args.force)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msad", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-dataset", help="write the embedded synthetic dataset")
+    p.add_argument("--out", default="data/msad_synth")
+    p.add_argument("--num-train", type=int, default=800)
+    p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_make_dataset)
+
+    p = sub.add_parser("make-tfrecords", help="convert a COCO dataset to sharded TFRecords")
+    p.add_argument("--ann", required=True, help="instances json")
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--out", required=True, help="output prefix, e.g. data/tfr/train")
+    p.add_argument("--shards", type=int, default=8)
+    p.set_defaults(func=cmd_make_tfrecords)
+
+    p = sub.add_parser("train", help="train from a YAML config")
+    _add_config_args(p)
+    p.add_argument("--run-dir", help="run directory (default runs/<config name>)")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"])
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="COCO AP of a run")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--split", default="val")
+    p.add_argument("--resolutions", nargs="+", default=["high", "low"], choices=["high", "low"])
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--json", help="where to write the metrics (default RUN/eval_<split>.json)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="detections on image files")
+    p.add_argument("--run", required=True)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", default="predictions")
+    p.add_argument("--resolution", default="high", choices=["high", "low"])
+    p.add_argument("--score-threshold", type=float, default=0.3)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("fusion-analysis", help="C-FF low-res weight vs object size (teacher runs)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--out")
+    p.add_argument("--max-images", type=int)
+    p.set_defaults(func=cmd_fusion_analysis)
+
+    p = sub.add_parser("benchmark", help="throughput benchmarks")
+    bench = p.add_subparsers(dest="what", required=True)
+    b = bench.add_parser("train", help="tf.data images/s and train-step images/s per mode")
+    _add_config_args(b, default_config="configs/demo.yaml")
+    b.add_argument("--modes", nargs="+", default=["single", "vanilla_multiscale", "aligned"],
+                   help="training modes to time (ratios are against 'single')")
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--json")
+    b.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("demo", help="the main job on the embedded dataset")
+    _add_config_args(p, default_config="configs/demo.yaml")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data", default="data/msad_synth")
+    p.add_argument("--force", action="store_true", help="retrain runs that already finished")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from msad_tf.config import ConfigError
+
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        if args.verbose:
+            raise
+        print(f"msad {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Throughput benchmarks measured in one process, reported as ratios (the machine is noisy).
+
+``benchmark_train`` times the tf.data pipeline alone and one optimizer step of each requested
+training mode on the same cached batch, so every ratio compares like with like.
+"""
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def _time_calls(fn, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def pipeline_images_per_second(dataset, batch_size: int, num_batches: int = 20, warmup: int = 3) -> float:
+    """Images/s of a tf.data pipeline alone (the batches are materialised and dropped)."""
+    iterator = iter(dataset)
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        next(iterator)
+    return num_batches * batch_size / (time.perf_counter() - start)
+
+
+def train_step_seconds(model, batch, steps: int = 10, warmup: int = 2) -> float:
+    """Median seconds of one compiled train step of ``model`` on a fixed ``batch``."""
+    model.make_train_function()
+    step = model.train_function
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+    iterator = iter(data)
+    times = _time_calls(lambda: step(iterator), warmup, steps)
+    return float(np.median(times))
+
+
+def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches: int = 20,
+                    build_model=None, progress=True) -> dict:
+    """Pipeline images/s and per-mode train-step images/s at the high resolution.
+
+    Returns dict(batch_size, resolution, pipeline_images_per_second, modes={mode: {step_seconds,
+    images_per_second, ratio_to_single}}, pipeline_over_single_step).
+    """
+    from msad_tf.training.runs import build_model as default_build
+    from msad_tf.training.train import load_split, make_optimizer, make_train_dataset
+
+    build_model = build_model or default_build
+    train_data = load_split(config, config.data.train_split)
+    batch_size = config.train.batch_size
+    dataset = make_train_dataset(config, train_data, batch_size)
+    pipeline_ips = pipeline_images_per_second(dataset, batch_size, pipeline_batches)
+    batch = next(iter(dataset))
+    result = {
+        "batch_size": batch_size,
+        "resolution": list(config.high_resolution()),
+        "image_shape": [int(v) for v in batch["images"].shape[1:3]],
+        "pipeline_images_per_second": pipeline_ips,
+        "modes": {},
+    }
+    for mode in modes:
+        config.train.mode = mode
+        keras.utils.set_random_seed(config.train.seed)
+        model = build_model(config, train_data.num_classes)
+        model.compile(optimizer=make_optimizer(config, 100), jit_compile=config.train.jit_compile)
+        seconds = train_step_seconds(model, batch, steps)
+        result["modes"][mode] = {"step_seconds": seconds, "images_per_second": batch_size / seconds}
+        if progress:
+            print(f"  {mode:<20} {seconds * 1000:8.1f} ms/step  {batch_size / seconds:7.1f} images/s")
+    if "single" in result["modes"]:
+        base = result["modes"]["single"]["step_seconds"]
+        for entry in result["modes"].values():
+            entry["ratio_to_single"] = entry["step_seconds"] / base
+        result["pipeline_over_single_step"] = pipeline_ips / result["modes"]["single"]["images_per_second"]
+    return result
+
+
+def format_train_benchmark(result: dict) -> str:
+    lines = [
+        f"batch {result['batch_size']}, padded input {result['image_shape']}",
+        f"tf.data pipeline alone: {result['pipeline_images_per_second']:.1f} images/s",
+        f"{'mode':<20} {'ms/step':>9} {'images/s':>9} {'x single':>9}",
+    ]
+    for mode, entry in result["modes"].items():
+        ratio = entry.get("ratio_to_single", float("nan"))
+        lines.append(
+            f"{mode:<20} {entry['step_seconds'] * 1000:9.1f} {entry['images_per_second']:9.1f} {ratio:9.2f}"
+        )
+    if "pipeline_over_single_step" in result:
+        lines.append(
+            f"pipeline / single-step throughput: {result['pipeline_over_single_step']:.1f}x "
+            "(>= 3x means the model never waits for data)"
+        )
+    return "\n".join(lines)
