@@ -3,6 +3,7 @@
   msad make-dataset      write the embedded synthetic dataset (COCO layout)
   msad make-tfrecords    convert a COCO dataset to sharded TFRecords
   msad train             train a detector or teacher from a YAML config
+  msad distill           train a low-resolution student from a teacher run
   msad evaluate          COCO AP of a run at high and/or low resolution
   msad predict           detections on image files (JSON + PNG)
   msad fusion-analysis   C-FF weight vs object size for a teacher run
@@ -66,6 +67,13 @@ def cmd_train(args):
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config or "default").stem)
     train(config, run_dir, progress=not args.quiet)
     print(f"run directory: {run_dir}")
+
+
+def cmd_distill(args):
+    args.overrides = ["train.mode=student", f"train.teacher_run={args.teacher}"] + list(args.overrides)
+    if args.run_dir is None:
+        args.run_dir = str(Path(args.teacher).parent / f"{Path(args.teacher).name}_student")
+    cmd_train(args)
 
 
 def _evaluate_run(run_dir, split, resolutions, max_images, progress=True):
@@ -181,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"])
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="train a low-resolution student from a teacher run")
+    p.add_argument("--teacher", required=True, help="teacher run directory")
+    _add_config_args(p)
+    p.add_argument("--run-dir", help="student run directory (default TEACHER_student)")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"])
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("evaluate", help="COCO AP of a run")
     p.add_argument("--run", required=True, help="run directory")

@@ -88,7 +88,8 @@ class TrainConfig:
     ``mode`` chooses what is trained: ``single`` (one resolution, ``input`` high or low),
     ``vanilla_multiscale`` (shared weights on H and on L, both through the normal levels),
     ``aligned`` (shared weights on H and on the stride-k subsample through shifted levels),
-    ``teacher`` (aligned + crossing feature-level fusion).
+    ``teacher`` (aligned + crossing feature-level fusion), ``student`` (low-resolution student
+    distilled from ``teacher_run``: L_S = gamma * L_KD + (1 - gamma) * L_det).
     The learning rate scales linearly with the global batch: lr = base_lr * batch_size / base_batch.
     """
 
@@ -115,6 +116,15 @@ class TrainConfig:
     mixed_precision: bool = False
     eval_every: int = 0
     checkpoint_every: int = 1
+    teacher_run: str | None = None
+    teacher_target: str = "fused"
+    teacher_bn_training: bool = False
+    distill_loss: str = "msad_l1"
+    aligned: bool = True
+    gamma: float = 0.2
+    tau: float = 3.0
+    kd_warmup_steps: int = 500
+    student_init: str = "teacher"
 
 
 @dataclass
@@ -258,10 +268,16 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.fusion '{m.fusion}': choose cff, sigmoid, channel, sc_sum or cc")
     if m.fpn_channels % m.gn_groups:
         raise ConfigError(f"model.gn_groups {m.gn_groups} must divide fpn_channels {m.fpn_channels}")
-    if t.mode not in ("single", "vanilla_multiscale", "aligned", "teacher"):
+    if t.mode not in ("single", "vanilla_multiscale", "aligned", "teacher", "student"):
         raise ConfigError(
-            f"train.mode '{t.mode}': choose single, vanilla_multiscale, aligned or teacher"
+            f"train.mode '{t.mode}': choose single, vanilla_multiscale, aligned, teacher or student"
         )
+    if t.teacher_target not in ("fused", "high", "low"):
+        raise ConfigError(f"train.teacher_target '{t.teacher_target}': choose fused, high or low")
+    if t.student_init not in ("teacher", "none"):
+        raise ConfigError(f"train.student_init '{t.student_init}': choose teacher or none")
+    if not 0.0 <= t.gamma <= 1.0:
+        raise ConfigError(f"train.gamma {t.gamma} must be in [0, 1]")
     if t.input not in ("high", "low"):
         raise ConfigError(f"train.input '{t.input}': choose high or low")
     if t.schedule not in ("joint", "two_step"):

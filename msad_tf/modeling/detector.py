@@ -153,7 +153,7 @@ class FCOSDetector(keras.Model):
 
     def shift_for(self, resolution: str) -> int:
         """Pyramid shift to read at a resolution: aligned models read the shifted levels at L."""
-        if resolution == "low" and self.train_mode == "aligned":
+        if resolution == "low" and self.reads_shifted_levels:
             return self.pyramid.shift
         return 0
 

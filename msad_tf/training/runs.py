@@ -29,11 +29,26 @@ def build_model(config: Config, num_classes: int, inference_shift: int = 0):
     from msad_tf.modeling.detector import FCOSDetector
 
     mode = config.train.mode
+    if mode == "student":
+        return build_student(config, num_classes)
     if mode == "teacher":
         from msad_tf.modeling.teacher import MultiScaleTeacher
 
         return MultiScaleTeacher(config.model, num_classes, fusion_weight=config.train.fusion_weight)
     return FCOSDetector(config.model, num_classes, train_mode=mode, inference_shift=inference_shift)
+
+
+def build_student(config: Config, num_classes: int):
+    """The deployable student: FCOS reading the aligned levels of a low-res input (or P3..P7
+    when ``train.aligned`` is false)."""
+    from msad_tf.modeling.detector import FCOSDetector
+    from msad_tf.modeling.pyramid import AlignedPyramid
+
+    shift = AlignedPyramid(tuple(config.model.head_levels), config.model.k).shift
+    return FCOSDetector(
+        config.model, num_classes, train_mode="single",
+        inference_shift=shift if config.train.aligned else 0, name="student",
+    )
 
 
 def write_categories(run_dir: str | Path, category_ids, category_names) -> None:

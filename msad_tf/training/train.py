@@ -80,6 +80,40 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
     return optimizer
 
 
+def build_distiller(config: Config, train_data):
+    """Distiller for ``train.mode = student``: loads the teacher run, builds and initialises
+    the student, and the configured distillation loss."""
+    from msad_tf.losses.distillation import build_distillation_loss
+    from msad_tf.training.distiller import Distiller, initialize_student
+
+    t = config.train
+    if not t.teacher_run:
+        raise ValueError("train.mode student needs a teacher run: msad distill --teacher RUN_DIR")
+    _, teacher, teacher_ids, _ = runs.load_run(t.teacher_run)
+    if list(teacher_ids) != list(train_data.category_ids):
+        raise ValueError(
+            f"the teacher run {t.teacher_run} was trained on categories {teacher_ids}, "
+            f"this dataset has {train_data.category_ids}"
+        )
+    student = runs.build_student(config, train_data.num_classes)
+    if t.student_init == "teacher":
+        counts = initialize_student(student, teacher)
+        log.info("student initialised from the teacher: %d layers copied, %d kept", counts["copied"],
+                 counts["skipped"])
+    loss = build_distillation_loss(
+        t.distill_loss,
+        channels=teacher.model_config.fpn_channels,
+        num_levels=teacher.pyramid.num_levels,
+        num_classes=train_data.num_classes,
+        aligned=t.aligned,
+        **({"tau": t.tau} if t.distill_loss == "msad_l1" else {}),
+    )
+    return Distiller(
+        teacher, student, loss, gamma=t.gamma, kd_warmup_steps=t.kd_warmup_steps,
+        teacher_target=t.teacher_target, teacher_bn_training=t.teacher_bn_training, aligned=t.aligned,
+    )
+
+
 def train(config: Config, run_dir: str | Path, progress: bool = True, callbacks=None):
     """Train the model a config describes and write a run directory. Returns the model."""
     run_dir = Path(run_dir)
@@ -103,7 +137,10 @@ def train(config: Config, run_dir: str | Path, progress: bool = True, callbacks=
     dataset = make_train_dataset(config, train_data, global_batch)
 
     with strategy.scope():
-        model = runs.build_model(config, train_data.num_classes)
+        if config.train.mode == "student":
+            model = build_distiller(config, train_data)
+        else:
+            model = runs.build_model(config, train_data.num_classes)
         model.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=config.train.jit_compile)
 
     all_callbacks = [
@@ -140,6 +177,7 @@ def train(config: Config, run_dir: str | Path, progress: bool = True, callbacks=
     loss = model.loss_trackers["loss"].result().numpy()
     if not math.isfinite(loss):
         raise FloatingPointError(f"training diverged: loss {loss}; last checkpoint kept in {run_dir}")
-    model.save_weights(str(run_dir / runs.WEIGHTS_FILE))
+    deployable = getattr(model, "student", model)
+    deployable.save_weights(str(run_dir / runs.WEIGHTS_FILE))
     runs.update_metrics(run_dir, "train", {"seconds": elapsed, "steps": config.train.epochs * steps_per_epoch})
     return model
