@@ -113,7 +113,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "default"
     jit_compile: bool = False
-    mixed_precision: bool = False
+    precision: str = "float32"
     eval_every: int = 0
     checkpoint_every: int = 1
     teacher_run: str | None = None
@@ -282,6 +282,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.input '{t.input}': choose high or low")
     if t.schedule not in ("joint", "two_step"):
         raise ConfigError(f"train.schedule '{t.schedule}': choose joint or two_step")
+    if t.precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+        raise ConfigError(
+            f"train.precision '{t.precision}': choose float32, mixed_float16 (GPU) or "
+            "mixed_bfloat16 (CPUs with AVX512-BF16/AMX, TPUs)"
+        )
     if t.strategy not in ("default", "mirrored", "multi_worker"):
         raise ConfigError(f"train.strategy '{t.strategy}': choose default, mirrored or multi_worker")
     if t.batch_size < 1 or t.epochs < 1:

@@ -55,6 +55,7 @@ def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches
     from msad_tf.training.train import load_split, make_optimizer, make_train_dataset
 
     build_model = build_model or default_build
+    keras.mixed_precision.set_global_policy(config.train.precision)
     train_data = load_split(config, config.data.train_split)
     batch_size = config.train.batch_size
     dataset = make_train_dataset(config, train_data, batch_size)

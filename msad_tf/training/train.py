@@ -121,9 +121,15 @@ def train(config: Config, run_dir: str | Path, progress: bool = True, callbacks=
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     config.save(run_dir / runs.CONFIG_FILE)
     keras.utils.set_random_seed(config.train.seed)
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    previous_policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(config.train.precision)
+    try:
+        return _train(config, run_dir, progress, callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
 
+
+def _train(config: Config, run_dir: Path, progress: bool, callbacks):
     strategy = get_strategy(config.train.strategy)
     train_data = load_split(config, config.data.train_split)
     runs.write_categories(run_dir, train_data.category_ids, train_data.category_names)

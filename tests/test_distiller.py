@@ -1,0 +1,82 @@
+"""Distiller: frozen teacher, student initialisation, loss composition."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_model_config, toy_batch
+from msad_tf.losses.distillation import build_distillation_loss
+from msad_tf.modeling.detector import FCOSDetector
+from msad_tf.training.distiller import Distiller, StudentInitError, initialize_student
+
+
+def _pair(student_overrides=None, teacher_mode="aligned"):
+    keras.utils.set_random_seed(3)
+    teacher = FCOSDetector(tiny_model_config(), 3, train_mode=teacher_mode)
+    student = FCOSDetector(tiny_model_config(**(student_overrides or {})), 3, inference_shift=1)
+    return teacher, student
+
+
+def test_student_initialised_from_matching_teacher():
+    teacher, student = _pair()
+    counts = initialize_student(student, teacher)
+    assert counts["skipped"] == 0 and counts["copied"] > 10
+    for a, b in zip(teacher.get_weights(), student.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    images = tf.random.normal([1, 64, 64, 3])
+    for t, s in zip(teacher.pyramid_features(images, 1), student.pyramid_features(images, 1)):
+        np.testing.assert_allclose(t.numpy(), s.numpy(), atol=1e-6)
+
+
+def test_narrower_student_keeps_its_backbone_and_gets_adapters():
+    teacher, student = _pair({"width": 0.5, "fpn_channels": 8})
+    counts = initialize_student(student, teacher)
+    assert counts["skipped"] > 0
+    distiller = Distiller(teacher, student, build_distillation_loss("msad_l1", channels=16, num_levels=5),
+                          teacher_target="high")
+    assert distiller.channel_adapters is not None and len(distiller.channel_adapters) == 5
+    losses = distiller.compute_losses(toy_batch(2, 128))
+    assert np.isfinite(float(losses["loss"]))
+
+
+def test_incompatible_teacher_is_a_clear_error():
+    teacher = FCOSDetector(tiny_model_config(), 3, train_mode="aligned")
+    with pytest.raises(StudentInitError, match="classes"):
+        initialize_student(FCOSDetector(tiny_model_config(), 4, inference_shift=1), teacher)
+    with pytest.raises(StudentInitError, match="pyramid"):
+        initialize_student(FCOSDetector(tiny_model_config(k=4), 3, inference_shift=2), teacher)
+    with pytest.raises(StudentInitError, match="fusion teacher"):
+        Distiller(teacher, FCOSDetector(tiny_model_config(), 3, inference_shift=1),
+                  build_distillation_loss("msad_l1", channels=16, num_levels=5), teacher_target="fused")
+
+
+def test_loss_is_gamma_weighted_and_kd_ramps():
+    teacher, student = _pair()
+    initialize_student(student, teacher)
+    distiller = Distiller(teacher, student, build_distillation_loss("msad_l1", channels=16, num_levels=5),
+                          gamma=0.2, kd_warmup_steps=10, teacher_target="high")
+    distiller.compile(optimizer=keras.optimizers.SGD(0.01))
+    batch = toy_batch(2, 128)
+    losses = distiller.compute_losses(batch)
+    assert float(losses["loss_kd"]) > 0
+    # iteration 0: the KD ramp is 0
+    np.testing.assert_allclose(float(losses["loss"]), 0.8 * float(losses["loss_det"]), rtol=1e-6)
+    distiller.optimizer.iterations.assign(5)
+    losses = distiller.compute_losses(batch)
+    expected = 0.2 * 0.5 * float(losses["loss_kd"]) + 0.8 * float(losses["loss_det"])
+    np.testing.assert_allclose(float(losses["loss"]), expected, rtol=1e-5)
+
+
+def test_fit_trains_only_the_student():
+    teacher, student = _pair()
+    initialize_student(student, teacher)
+    before_teacher = [w.copy() for w in teacher.get_weights()]
+    before_student = [w.numpy().copy() for w in student.trainable_weights]
+    distiller = Distiller(teacher, student, build_distillation_loss("msad_l1", channels=16, num_levels=5),
+                          teacher_target="high")
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    distiller.fit(tf.data.Dataset.from_tensors(toy_batch(2, 128)).repeat(2), epochs=1, verbose=0)
+    for a, b in zip(before_teacher, teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    changed = [not np.array_equal(a, b.numpy()) for a, b in zip(before_student, student.trainable_weights)]
+    assert sum(changed) > 0.9 * len(changed)
