@@ -28,9 +28,20 @@ def test_student_initialised_from_matching_teacher():
         np.testing.assert_allclose(t.numpy(), s.numpy(), atol=1e-6)
 
 
-def test_narrower_student_keeps_its_backbone_and_gets_adapters():
-    teacher, student = _pair({"width": 0.5, "fpn_channels": 8})
+def test_wider_student_keeps_its_backbone_and_copies_fpn_head():
+    teacher, student = _pair({"width": 0.5})
     counts = initialize_student(student, teacher)
+    assert counts["skipped"] > 0 and counts["copied"] > 0
+    np.testing.assert_array_equal(student.head.cls_logits.get_weights()[0],
+                                  teacher.head.cls_logits.get_weights()[0])
+    assert student.backbone.get_layer("conv1_conv").get_weights()[0].shape != \
+        teacher.backbone.get_layer("conv1_conv").get_weights()[0].shape
+
+
+def test_student_with_other_fpn_width_uses_adapters():
+    teacher, student = _pair({"fpn_channels": 8, "gn_groups": 4})
+    counts = initialize_student(student, teacher)
+    assert counts["copied"] == len([layer for layer in student.backbone.layers if layer.weights])
     assert counts["skipped"] > 0
     distiller = Distiller(teacher, student, build_distillation_loss("msad_l1", channels=16, num_levels=5),
                           teacher_target="high")

@@ -124,8 +124,8 @@ def fusion_analysis(model, dataset, config, out_dir, max_images=None, batch_size
         )
         for image_id, size, count, mean, per_level in rows:
             writer.writerow(
-                [image_id, "" if math.isnan(size) else f"{size:.4f}", count, f"{mean:.6f}"]
-                + [f"{w:.6f}" for w in per_level]
+                [image_id, "" if math.isnan(size) else f"{size:.4f}", count, f"{mean:.9g}"]
+                + [f"{w:.9g}" for w in per_level]
             )
 
     sizes = np.array([row[1] for row in rows], np.float64)
