@@ -105,11 +105,29 @@ def model_branches(model, resolution):
 def cmd_evaluate(args):
     from msad_tf.evaluation.coco_eval import format_table, write_metrics
 
+    if args.sweep:
+        return _sweep(args)
+
     rows = _evaluate_run(args.run, args.split, args.resolutions, args.max_images, not args.quiet)
     print(format_table(rows, title=f"{args.run} ({args.split})"))
     out = Path(args.json or Path(args.run) / f"eval_{args.split}.json")
     write_metrics(out, rows)
     print(f"metrics written to {out}")
+
+
+def _sweep(args):
+    from msad_tf.evaluation.sweep import resolution_sweep
+    from msad_tf.training import runs
+    from msad_tf.training.train import load_split
+
+    config, model, _, _ = runs.load_run(args.run)
+    dataset = load_split(config, args.split)
+    rows = resolution_sweep(model, dataset, config, args.sweep, model.shift_for("low"),
+                            Path(args.run), max_images=args.max_images, progress=not args.quiet)
+    for row in rows:
+        print(f"{row['short_side']:5d}px  AP {row['AP']:6.2f}  APs {row['APs']:6.2f}  "
+              f"APm {row['APm']:6.2f}  APl {row['APl']:6.2f}")
+    print(f"written {args.run}/resolution_sweep.csv and resolution_sweep.png")
 
 
 def cmd_predict(args):
@@ -203,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--resolutions", nargs="+", default=["high", "low"], choices=["high", "low"])
     p.add_argument("--max-images", type=int)
+    p.add_argument("--sweep", nargs="+", type=float, metavar="FRACTION",
+                   help="AP vs inference resolution: short sides FRACTION * L, read at the model's "
+                        "low-resolution levels (writes resolution_sweep.csv/png), e.g. --sweep 0.5 0.75 1")
     p.add_argument("--json", help="where to write the metrics (default RUN/eval_<split>.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
