@@ -287,6 +287,8 @@ def validate(config: Config) -> None:
             f"train.precision '{t.precision}': choose float32, mixed_float16 (GPU) or "
             "mixed_bfloat16 (CPUs with AVX512-BF16/AMX, TPUs)"
         )
+    if t.schedule == "two_step" and t.stage2_epochs < 1:
+        raise ConfigError("train.schedule two_step needs train.stage2_epochs >= 1 (the fusion-only stage)")
     if t.strategy not in ("default", "mirrored", "multi_worker"):
         raise ConfigError(f"train.strategy '{t.strategy}': choose default, mirrored or multi_worker")
     if t.batch_size < 1 or t.epochs < 1:

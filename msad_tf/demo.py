@@ -15,22 +15,27 @@ from msad_tf.config import load_config
 from msad_tf.evaluation.coco_eval import format_table
 
 DEMO_RUNS = (
-    ("single", "single-scale", ["train.mode=single"]),
-    ("vanilla", "vanilla multi-scale", ["train.mode=vanilla_multiscale"]),
+    ("single", "single-scale", ["train.mode=single"], ("high", "low")),
+    ("vanilla", "vanilla multi-scale", ["train.mode=vanilla_multiscale"], ("high", "low")),
+    ("teacher", "fusion teacher", ["train.mode=teacher"], ("high", "low")),
+    ("student", "MSAD student", ["train.mode=student", "train.teacher_run={out}/teacher"], ("low",)),
 )
 
 
-def _evaluate_rows(label, model, dataset, config):
+def _evaluate_rows(label, model, dataset, config, resolutions):
     from msad_tf.cli import model_branches
     from msad_tf.evaluation.evaluator import evaluate_model
 
     rows = {}
-    for resolution in ("high", "low"):
+    for resolution in resolutions:
         tag = "H" if resolution == "high" else "L"
-        for name, branch in model_branches(model, resolution):
-            row = f"{label} @{tag}" if branch in (None, "high", "low") else f"{label} ({branch})"
-            if row in rows:
-                continue
+        for _, branch in model_branches(model, resolution):
+            if branch == "fused":
+                row = f"{label} (H&L fused)"
+            elif branch in ("high", "low"):
+                row = f"{label}, {branch}-res branch @{tag}"
+            else:
+                row = f"{label} @{tag}"
             rows[row] = evaluate_model(model, dataset, config, resolution, branch=branch, progress=False)
     return rows
 
@@ -51,19 +56,20 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
     table = {}
     timings = {}
     val = None
-    for name, label, run_overrides in runs_to_do:
-        config = load_config(config_path, base + run_overrides)
+    for name, label, run_overrides, resolutions in runs_to_do:
+        config = load_config(config_path, base + [o.format(out=out) for o in run_overrides])
         run_dir = out / name
         if force or not (run_dir / runs.WEIGHTS_FILE).is_file():
-            print(f"== training {label} ({config.train.epochs} epochs x {config.train.steps_per_epoch} steps)")
+            print(f"== training {label} ({config.train.epochs} epochs x {config.train.steps_per_epoch} steps)",
+                  flush=True)
             t = time.time()
             train(config, run_dir, progress=False)
             timings[name] = time.time() - t
         _, model, _, _ = runs.load_run(run_dir)
         if val is None:
             val = load_split(config, config.data.val_split)
-        print(f"== evaluating {label}")
-        rows = _evaluate_rows(label, model, val, config)
+        print(f"== evaluating {label}", flush=True)
+        rows = _evaluate_rows(label, model, val, config, resolutions)
         for row, metrics in rows.items():
             runs.update_metrics(run_dir, row, metrics)
         table.update(rows)

@@ -147,6 +147,9 @@ def _train(config: Config, run_dir: Path, progress: bool, callbacks):
             model = build_distiller(config, train_data)
         else:
             model = runs.build_model(config, train_data.num_classes)
+        two_step = config.train.mode == "teacher" and config.train.schedule == "two_step"
+        if two_step:
+            model.set_stage("align")
         model.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=config.train.jit_compile)
 
     all_callbacks = [
@@ -179,6 +182,20 @@ def _train(config: Config, run_dir: Path, progress: bool, callbacks):
         callbacks=all_callbacks,
         verbose=1 if progress else 2,
     )
+    if two_step and config.train.stage2_epochs > 0:
+        log.info("two-step schedule, stage 2: training the fusion layer only for %d epochs",
+                 config.train.stage2_epochs)
+        with strategy.scope():
+            model.set_stage("fusion")
+            model.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=config.train.jit_compile)
+        model.fit(
+            dataset,
+            initial_epoch=config.train.epochs,
+            epochs=config.train.epochs + config.train.stage2_epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=all_callbacks,
+            verbose=1 if progress else 2,
+        )
     elapsed = time.time() - start
     loss = model.loss_trackers["loss"].result().numpy()
     if not math.isfinite(loss):
