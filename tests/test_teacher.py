@@ -185,7 +185,7 @@ def test_config_round_trip():
 
 def _one_step(strategy, weights, batch):
     with strategy.scope():
-        model = MultiScaleTeacher(tiny_model_config(), num_classes=3)
+        model = MultiScaleTeacher(tiny_model_config(norm="frozen_bn"), num_classes=3)
         model.set_weights(weights)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     history = model.fit(_dataset(batch), epochs=1, verbose=0)
@@ -193,9 +193,15 @@ def _one_step(strategy, weights, batch):
 
 
 def test_two_replicas_match_one():
+    """Joint teacher step (three branches, globally normalised losses, fusion gradients).
+
+    Frozen BatchNorm keeps the trace small: synchronized BatchNorm costs one merge_call per
+    layer and pass when traced on 2 replicas (minutes on 2 CPU cores); its cross-replica
+    behaviour with two passes per step is the aligned case of tests/test_distribute.py.
+    """
     assert len(tf.config.list_logical_devices("CPU")) >= 2
     keras.utils.set_random_seed(1)
-    reference = MultiScaleTeacher(tiny_model_config(), num_classes=3)
+    reference = MultiScaleTeacher(tiny_model_config(norm="frozen_bn"), num_classes=3)
     weights = reference.get_weights()
     initial = [w.numpy() for w in reference.trainable_weights]
     batch = toy_batch(batch=4, size=128)
@@ -267,7 +273,7 @@ def test_fusion_analysis_on_tiny_coco(tmp_path):
     means = [float(r["low_weight_mean"]) for r in rows]
     sizes = [float(r["mean_object_size"]) for r in rows if r["mean_object_size"]]
     expected_r = np.corrcoef(sizes, [m for m, r in zip(means, rows) if r["mean_object_size"]])[0, 1]
-    np.testing.assert_allclose(out["r"], expected_r, rtol=1e-4)
+    np.testing.assert_allclose(out["r"], expected_r, rtol=1e-5)
     with open(out["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -128,6 +128,9 @@ class Distiller(keras.Model):
                 keras.layers.Conv2D(t_channels, 1, name=f"adapt_p{level}")
                 for level in student.pyramid.levels(self.student_shift)
             ]
+        for adapter in self.channel_adapters or []:
+            adapter.build((None, None, None, student.model_config.fpn_channels))
+        self.built = True
         names = ["loss", "loss_kd", "loss_det"] + [f"det_{p}" for p in _PARTS]
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
