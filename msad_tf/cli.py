@@ -247,8 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = p.add_subparsers(dest="what", required=True)
     b = bench.add_parser("train", help="tf.data images/s and train-step images/s per mode")
     _add_config_args(b, default_config="configs/demo.yaml")
-    b.add_argument("--modes", nargs="+", default=["single", "vanilla_multiscale", "aligned"],
-                   help="training modes to time (ratios are against 'single')")
+    b.add_argument("--modes", nargs="+",
+                   default=["single", "vanilla_multiscale", "aligned", "teacher", "student"],
+                   choices=["single", "vanilla_multiscale", "aligned", "teacher", "student"],
+                   help="training modes to time (ratios are against 'single'; student = one "
+                        "distillation step with a fusion teacher)")
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--json")
     b.set_defaults(func=cmd_benchmark)
