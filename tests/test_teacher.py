@@ -68,9 +68,10 @@ def test_compute_losses_keys_and_weighting():
 
 
 def test_fit_step_joint_changes_all_weights():
+    """Eager fit (the traced joint step runs in test_two_replicas_match_one)."""
     model = _teacher()
     initial = [w.numpy() for w in model.trainable_weights]
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), run_eagerly=True)
     history = model.fit(_dataset(toy_batch(batch=2, size=128)), epochs=1, verbose=0).history
     assert set(history) == set(model.loss_names())
     assert all(math.isfinite(history[k][0]) for k in history)

@@ -55,7 +55,7 @@ class CrossFeatureFusion(keras.layers.Layer):
         self.channels = None if channels is None else int(channels)
 
     @property
-    def dynamic(self) -> bool:
+    def input_dependent(self) -> bool:
         """Whether the weights depend on the input (cff, sigmoid, channel)."""
         return self.mode in DYNAMIC_MODES
 
@@ -67,7 +67,7 @@ class CrossFeatureFusion(keras.layers.Layer):
             channels = int(input_shape[0][-1])
             self.channels = channels
         pair = (None, None, None, channels)
-        if self.dynamic:
+        if self.input_dependent:
             hidden = max(2 * channels // self.reduction, 1)
             outputs = 2 * channels if self.mode == "channel" else 2
             self.fc1 = keras.layers.Dense(hidden, use_bias=False, name="fc1")
@@ -97,7 +97,7 @@ class CrossFeatureFusion(keras.layers.Layer):
 
     def call(self, inputs):
         high, low = inputs
-        if self.dynamic:
+        if self.input_dependent:
             weights = self.fusion_scores(high, low)
             if self.mode == "channel":
                 h0, h1 = weights[:, 0, None, None, :], weights[:, 1, None, None, :]

@@ -5,7 +5,7 @@ stride-k subsample x' (aligned levels P(3-m)'..P(7-m)'); ``PyramidFusion`` (C-FF
 fuses each aligned pair into P^T_s, and the same head reads the fused pyramid. All three
 branches are trained against ONE assignment made in the high-res frame:
 
-    L_T = L_high + L_low + lambda * L_fused        (eq. 6; L_align = L_high + L_low, L_F = lambda * L_fused)
+    L_T = L_align + L_F = L_high + L_low + lambda * L_fused          (eqs. 5, 6)
 
 Training stages (``set_stage``):
   joint   end-to-end: L_T, everything trainable.
@@ -51,8 +51,11 @@ class MultiScaleTeacher(FCOSDetector):
     stride), boxes [B, N, 4] and classes [B, N] in the frame of ``images``.
     """
 
-    def __init__(self, config, num_classes: int, fusion_weight: float = 0.4, stage: str = "joint", **kwargs):
+    def __init__(
+        self, config, num_classes: int, fusion_weight: float = 0.4, stage: str = "joint", **kwargs
+    ):
         cfg = model_config_from(config)
+        # Set before FCOSDetector.__init__, whose build() (overridden below) runs the fusion.
         self.fusion_weight = float(fusion_weight)
         self.stage = "joint"
         self.fusion = PyramidFusion(
@@ -114,7 +117,7 @@ class MultiScaleTeacher(FCOSDetector):
     # ----------------------------------------------------------------------------- forward
     def aligned_features(self, images, training: bool = False):
         """images [B, H, W, 3] -> (P3..P7 of images, P(3-m)'..P(7-m)' of the stride-k subsample);
-        level i of both lists is [B, ceil(H / 2^(3+i)), ceil(W / 2^(3+i)), C]."""
+        entry i of both lists is [B, ceil(H / 2^s), ceil(W / 2^s), C], s = head_levels[i]."""
         high = self.pyramid_features(images, 0, training)
         low = self.pyramid_features(self.pyramid.subsample(images), self.pyramid.shift, training)
         return high, low
@@ -184,7 +187,7 @@ class MultiScaleTeacher(FCOSDetector):
         return postprocess(outputs, self.pyramid.strides(shift), image_sizes, self.postprocess_config)
 
     def detect_function(self, shift: int | None = None, branch: str | None = None):
-        """A cached tf.function of ``detect`` for one (shift, branch): (images, image_sizes) -> dict."""
+        """Cached tf.function of ``detect`` per (shift, branch): (images, image_sizes) -> dict."""
         branch, shift = self.resolve_branch(branch, shift)
         key = f"{branch}@{shift}"
         if key not in self._detect_functions:
