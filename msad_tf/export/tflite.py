@@ -1,0 +1,424 @@
+"""TFLite export: fixed-size input, network + box decoding + NMS, TFLite builtin ops only.
+
+The model takes an image the caller has already resized (TFLite graphs have fixed shapes, and
+the antialiased resize of training is not a TFLite builtin):
+
+  images      uint8 [1, H, W, 3]  RGB 0..255; the resized image (``resize_image`` semantics:
+                                  short side ``short_side``, long side at most ``max_side``)
+                                  in the top-left corner, anything in the rest
+  image_size  int32 [2]           (h, w) of the resized image inside ``images``
+
+H, W default to the canvas side ceil(max_side / pad_multiple) * pad_multiple, which holds any
+resized image. Inside: normalise, zero the area outside ``image_size`` (the zero padding of
+training, after normalisation), network, decode, per-class NMS (NON_MAX_SUPPRESSION_V5) and
+the OD API outputs of the SavedModel with batch 1 (boxes normalised by ``image_size``).
+``prepare_input`` does the caller's part in Python; ``TFLiteDetector`` runs a file.
+
+Quantization: ``none`` (float32), ``fp16`` (float16 weights), ``dynamic`` (int8 weights,
+dynamic-range activations), ``int8`` (int8 weights and activations calibrated on training
+images; the post-processing stays float). The ``raw`` variant stops after the head and returns
+cls_logits [1, N, C], box_reg [1, N, 4] and centerness [1, N] (levels concatenated, row-major
+per level), for parity checks of the network alone.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from msad_tf.data.preprocess import normalize_image, resize_image
+from msad_tf.export import QUANTIZATIONS
+from msad_tf.export.saved_model import ExportSpec, export_info, export_spec, read_export_info
+from msad_tf.modeling.postprocess import _candidates
+
+RAW_OUTPUT_KEYS = ("cls_logits", "box_reg", "centerness")
+
+
+def head_outputs_at(model, images, shift: int):
+    """Head outputs per level of the branch ``model.detect`` runs at ``shift`` (the fused branch
+    of a MultiScaleTeacher at shift 0)."""
+    resolve = getattr(model, "resolve_branch", None)
+    if resolve is not None:
+        branch, shift = resolve(None, shift)
+        if branch == "fused":
+            return model.head_outputs(model.fused_features(images))
+    return model.head_outputs(model.pyramid_features(images, shift))
+
+
+def postprocess_single(level_outputs, strides, image_size, config):
+    """``msad_tf.modeling.postprocess.postprocess`` for one image, without tf.map_fn (the
+    TFLite converter's int8 calibration crashes on the WHILE loop map_fn becomes).
+
+    Args:
+      level_outputs: per level dicts cls_logits [h, w, C], box_reg [h, w, 4], centerness [h, w].
+      strides: stride of each level.
+      image_size: float32 [2] (h, w) of the valid image area.
+      config: PostprocessConfig.
+    Returns:
+      boxes [D, 4] pixels, scores [D], classes [D] int32, num_detections int32 scalar.
+    """
+    boxes, scores, classes = _candidates(
+        level_outputs, strides, config.pre_nms_topk, config.score_threshold
+    )
+    limit = tf.concat([image_size, image_size], 0)
+    boxes = tf.clip_by_value(boxes, 0.0, limit)
+    offset = tf.cast(classes, tf.float32)[:, None] * (tf.reduce_max(limit) + 1.0)
+    selected, _ = tf.image.non_max_suppression_with_scores(
+        boxes + offset,
+        scores,
+        max_output_size=config.max_detections,
+        iou_threshold=config.nms_iou,
+        score_threshold=1e-6,
+    )
+    n = tf.shape(selected)[0]
+    pad = config.max_detections - n
+    return (
+        tf.pad(tf.gather(boxes, selected), [[0, pad], [0, 0]]),
+        tf.pad(tf.gather(scores, selected), [[0, pad]]),
+        tf.pad(tf.gather(classes, selected), [[0, pad]]),
+        n,
+    )
+
+
+class TFLiteDetectionModule(tf.Module):
+    """Batch-1, fixed-size detection graph for the TFLite converter.
+
+    Args:
+      model: FCOSDetector (or MultiScaleTeacher).
+      spec: ExportSpec; ``spec.shift`` chooses the levels read.
+      category_ids: dataset category id of each contiguous class.
+      input_size: (H, W) of the input canvas, multiples of ``spec.pad_multiple``; default the
+        square ``spec.canvas_side``.
+    """
+
+    def __init__(self, model, spec: ExportSpec, category_ids, input_size=None):
+        super().__init__(name="msad_tflite_detector")
+        side = spec.canvas_side
+        height, width = (side, side) if input_size is None else (int(s) for s in input_size)
+        if height % spec.pad_multiple or width % spec.pad_multiple:
+            raise ValueError(
+                f"TFLite input size {height}x{width} must be a multiple of pad_multiple "
+                f"{spec.pad_multiple}"
+            )
+        self.input_size = (height, width)
+        self._state = _Frozen(model=model, spec=spec, category_ids=[int(i) for i in category_ids])
+        signature = [
+            tf.TensorSpec([1, height, width, 3], tf.uint8, name="images"),
+            tf.TensorSpec([2], tf.int32, name="image_size"),
+        ]
+        self.detect = tf.function(self._detect, input_signature=signature, autograph=False)
+        self.raw = tf.function(self._raw, input_signature=signature, autograph=False)
+
+    def concrete_function(self, raw: bool = False):
+        """The concrete function to convert; tracks the variables it captures so the converter
+        freezes them into the flatbuffer."""
+        function = (self.raw if raw else self.detect).get_concrete_function()
+        self.captured_variables = list(function.variables)
+        return function
+
+    def normalized_input(self, images, image_size):
+        """uint8 [1, H, W, 3], int32 [2] -> (float32 [1, H, W, 3] normalised with zeros outside
+        the image, image_size int32 [2] clipped to [1, (H, W)])."""
+        height, width = self.input_size
+        image_size = tf.clip_by_value(image_size, 1, tf.constant([height, width]))
+        rows = tf.range(height)[:, None] < image_size[0]
+        cols = tf.range(width)[None, :] < image_size[1]
+        mask = tf.logical_and(rows, cols)[None, :, :, None]
+        return tf.where(mask, normalize_image(images), 0.0), image_size
+
+    def _outputs(self, images, image_size):
+        state = self._state
+        normalized, image_size = self.normalized_input(images, image_size)
+        return head_outputs_at(state.model, normalized, state.spec.shift), image_size
+
+    def _detect(self, images, image_size):
+        """-> detection_boxes [1, D, 4] normalised by image_size, detection_scores [1, D],
+        detection_classes [1, D] float32 category ids (0 past num_detections),
+        num_detections float32 [1]."""
+        state = self._state
+        outputs, image_size = self._outputs(images, image_size)
+        size = tf.cast(image_size, tf.float32)
+        boxes, scores, classes, num = postprocess_single(
+            [{key: value[0] for key, value in level.items()} for level in outputs],
+            state.model.pyramid.strides(state.spec.shift),
+            size,
+            state.model.postprocess_config,
+        )
+        valid = tf.range(tf.shape(scores)[0]) < num
+        ids = tf.gather(tf.constant(state.category_ids, tf.float32), classes)
+        return {
+            "detection_boxes": (boxes / tf.concat([size, size], 0))[None],
+            "detection_scores": scores[None],
+            "detection_classes": tf.where(valid, ids, 0.0)[None],
+            "num_detections": tf.cast(num, tf.float32)[None],
+        }
+
+    def _raw(self, images, image_size):
+        """-> cls_logits [1, N, C], box_reg [1, N, 4], centerness [1, N] (logits)."""
+        outputs, _ = self._outputs(images, image_size)
+        return flatten_head_outputs(outputs)
+
+
+class _Frozen:
+    """Attributes hidden from tf.Module tracking."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def flatten_head_outputs(level_outputs):
+    """Per-level head outputs -> dict cls_logits [B, N, C], box_reg [B, N, 4], centerness
+    [B, N], levels concatenated in order, each level row-major."""
+    batch = tf.shape(level_outputs[0]["cls_logits"])[0]
+    num_classes = level_outputs[0]["cls_logits"].shape[-1]
+    return {
+        "cls_logits": tf.concat([tf.reshape(o["cls_logits"], [batch, -1, num_classes]) for o in level_outputs], 1),
+        "box_reg": tf.concat([tf.reshape(o["box_reg"], [batch, -1, 4]) for o in level_outputs], 1),
+        "centerness": tf.concat([tf.reshape(o["centerness"], [batch, -1]) for o in level_outputs], 1),
+    }
+
+
+# --------------------------------------------------------------------------------- conversion
+def convert(module: TFLiteDetectionModule, quantize: str = "none", representative_data=None,
+            raw: bool = False) -> bytes:
+    """TFLite flatbuffer of ``module`` (builtin ops only).
+
+    Args:
+      quantize: one of ``QUANTIZATIONS``.
+      representative_data: for ``int8``: a callable returning an iterable of input dicts
+        {"images": uint8 [1, H, W, 3], "image_size": int32 [2]}.
+      raw: convert the raw head-outputs function instead of the detection function.
+    Raises:
+      ValueError: unknown quantization, missing representative data, or a converted model
+        that needs ops outside the TFLite builtins.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize '{quantize}': choose one of {', '.join(QUANTIZATIONS)}")
+    function = module.concrete_function(raw)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        if representative_data is None:
+            raise ValueError("int8 quantization needs representative data (training images)")
+        converter.representative_dataset = representative_data
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+    model = converter.convert()
+    custom = sorted(op for op in tflite_ops(model) if op.startswith("CUSTOM:"))
+    if custom:
+        raise ValueError(f"the converted model needs non-builtin ops: {', '.join(custom)}")
+    return model
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        from tensorflow.lite.python import schema_py_generated
+    return schema_py_generated
+
+
+def tflite_ops(model) -> dict[str, int]:
+    """Operator counts of a TFLite flatbuffer (bytes or path), read from its operator codes
+    over all subgraphs: builtin names (e.g. ``NON_MAX_SUPPRESSION_V5``) or ``CUSTOM:<name>``
+    (Flex ops appear as ``CUSTOM:Flex...``)."""
+    if not isinstance(model, (bytes, bytearray)):
+        model = Path(model).read_bytes()
+    schema = _schema()
+    names = {
+        value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")
+    }
+    root = schema.Model.GetRootAs(model, 0)
+    codes = []
+    for i in range(root.OperatorCodesLength()):
+        code = root.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            codes.append("CUSTOM:" + (code.CustomCode() or b"").decode())
+        else:
+            codes.append(names.get(builtin, f"BUILTIN_{builtin}"))
+    counts: dict[str, int] = {}
+    for s in range(root.SubgraphsLength()):
+        subgraph = root.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            name = codes[subgraph.Operators(o).OpcodeIndex()]
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# --------------------------------------------------------------------------------- inputs
+def prepare_input(image, spec: ExportSpec, input_size):
+    """The caller's side of the TFLite model for one image.
+
+    Args:
+      image: uint8 [H, W, 3] RGB.
+      spec: the export's ExportSpec (resize target).
+      input_size: (H_in, W_in) of the model input.
+    Returns:
+      (images uint8 [1, H_in, W_in, 3] with the resized image top-left and zeros elsewhere,
+      image_size int32 [2], scale float: resized = original * scale).
+    """
+    resized, scale = resize_image(tf.convert_to_tensor(image), spec.short_side, spec.max_side)
+    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8).numpy()
+    h, w = resized.shape[:2]
+    if h > input_size[0] or w > input_size[1]:
+        raise ValueError(
+            f"resized image {h}x{w} does not fit the TFLite input {input_size[0]}x{input_size[1]}"
+        )
+    canvas = np.zeros((1, input_size[0], input_size[1], 3), np.uint8)
+    canvas[0, :h, :w] = resized
+    return canvas, np.array([h, w], np.int32), float(scale)
+
+
+def representative_dataset(config, spec: ExportSpec, input_size, num_images: int = 100,
+                           split: str | None = None, seed: int = 0):
+    """Callable for ``converter.representative_dataset``: ``num_images`` images of the run's
+    training split (a seeded sample), prepared as the TFLite model's inputs."""
+    from msad_tf.training.train import load_split
+
+    dataset = load_split(config, split or config.data.train_split)
+    records = dataset.records
+    order = np.random.default_rng(seed).permutation(len(records))[: max(int(num_images), 1)]
+    paths = [records[i].path for i in order]
+
+    def generate():
+        for path in paths:
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            images, image_size, _ = prepare_input(image, spec, input_size)
+            yield {"images": images, "image_size": image_size}
+
+    return generate
+
+
+# --------------------------------------------------------------------------------- export
+def tflite_path(out, name: str, resolution: str, quantize: str, raw: bool = False) -> Path:
+    """OUT/NAME/tflite/model_<resolution>_<quantize>[_raw].tflite."""
+    suffix = "_raw" if raw else ""
+    return Path(out) / name / "tflite" / f"model_{resolution}_{quantize}{suffix}.tflite"
+
+
+def export_tflite(model, path, spec: ExportSpec, category_ids, category_names, quantize: str = "none",
+                  representative_data=None, input_size=None, raw: bool = False, source_run=None) -> Path:
+    """Converts and writes ``path`` (.tflite) and its sidecar ``path.json``; returns ``path``."""
+    module = TFLiteDetectionModule(model, spec, category_ids, input_size)
+    flatbuffer = convert(module, quantize, representative_data, raw=raw)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(flatbuffer)
+    height, width = module.input_size
+    outputs = (
+        {key: "float32" for key in RAW_OUTPUT_KEYS}
+        if raw
+        else {
+            "detection_boxes": "float32 [1, D, 4] normalised by image_size",
+            "detection_scores": "float32 [1, D]",
+            "detection_classes": "float32 [1, D] dataset category ids, 0 past num_detections",
+            "num_detections": "float32 [1]",
+        }
+    )
+    info = export_info(
+        spec, category_ids, category_names, source_run,
+        format="tflite",
+        quantize=quantize,
+        raw_outputs=raw,
+        input_size=[height, width],
+        inputs={
+            "images": f"uint8 [1, {height}, {width}, 3] resized RGB image top-left",
+            "image_size": "int32 [2] (h, w) of the resized image",
+        },
+        outputs=outputs,
+        ops=tflite_ops(flatbuffer),
+        max_detections=int(model.postprocess_config.max_detections),
+    )
+    path.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    return path
+
+
+def export_run_tflite(run_dir, out="saved_models", name: str | None = None, quantize: str = "none",
+                      resolution: str | None = None, representative_images: int = 100,
+                      input_size=None, pad_multiple: int | None = None, raw: bool = False) -> Path:
+    """Exports a run's model to ``tflite_path(OUT, NAME, resolution, quantize)`` (or to OUT
+    itself when it ends in ``.tflite``); int8 calibrates on ``representative_images`` images of
+    the run's training split."""
+    from msad_tf.training.runs import load_run
+
+    config, model, ids, names = load_run(run_dir)
+    spec = export_spec(model, config, resolution, pad_multiple)
+    name = name or Path(run_dir).resolve().name
+    out = Path(out)
+    path = out if out.suffix == ".tflite" else tflite_path(out, name, spec.resolution, quantize, raw)
+    side = spec.canvas_side
+    size = tuple(input_size) if input_size else (side, side)
+    data = (
+        representative_dataset(config, spec, size, representative_images)
+        if quantize == "int8"
+        else None
+    )
+    return export_tflite(model, path, spec, ids, names, quantize, data, size, raw, source_run=run_dir)
+
+
+# --------------------------------------------------------------------------------- running
+class TFLiteDetector:
+    """An exported .tflite file in the LiteRT interpreter (``ai_edge_litert``).
+
+    Args:
+      path: the .tflite file (its sidecar .json gives the ExportSpec).
+      num_threads: interpreter threads (default: all CPUs).
+    """
+
+    def __init__(self, path, num_threads: int | None = None):
+        import os
+
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.info = read_export_info(self.path)
+        self.spec = ExportSpec(
+            self.info["resolution"], self.info["short_side"], self.info["max_side"],
+            self.info["shift"], self.info["pad_multiple"],
+        )
+        self.input_size = tuple(self.info["input_size"])
+        self.interpreter = Interpreter(
+            model_path=str(self.path), num_threads=num_threads or os.cpu_count()
+        )
+        self.runner = self.interpreter.get_signature_runner("serving_default")
+
+    def __call__(self, images, image_size) -> dict[str, np.ndarray]:
+        """images uint8 [1, H, W, 3], image_size int32 [2] -> the model's outputs."""
+        return self.runner(images=np.asarray(images, np.uint8), image_size=np.asarray(image_size, np.int32))
+
+    def detect_image(self, image):
+        """uint8 [H, W, 3] -> (boxes [n, 4] [ymin, xmin, ymax, xmax] original pixels, scores [n],
+        category ids [n] int)."""
+        images, image_size, scale = prepare_input(image, self.spec, self.input_size)
+        out = self(images, image_size)
+        n = int(out["num_detections"][0])
+        size = image_size.astype(np.float64)
+        boxes = out["detection_boxes"][0, :n] * np.concatenate([size, size]) / scale
+        return boxes, out["detection_scores"][0, :n], out["detection_classes"][0, :n].astype(np.int64)
+
+
+__all__ = [
+    "QUANTIZATIONS",
+    "RAW_OUTPUT_KEYS",
+    "TFLiteDetectionModule",
+    "TFLiteDetector",
+    "convert",
+    "export_run_tflite",
+    "export_tflite",
+    "flatten_head_outputs",
+    "head_outputs_at",
+    "postprocess_single",
+    "prepare_input",
+    "representative_dataset",
+    "tflite_ops",
+    "tflite_path",
+]
