@@ -7,7 +7,9 @@
   msad evaluate          COCO AP of a run at high and/or low resolution
   msad predict           detections on image files (JSON + PNG)
   msad fusion-analysis   C-FF weight vs object size for a teacher run
+  msad export            SavedModel (TF Serving) or TFLite (none/fp16/dynamic/int8) of a run
   msad benchmark train   tf.data and train-step throughput, as ratios
+  msad benchmark infer   Keras / SavedModel / TFLite latency at H and L, sizes, FLOPs
   msad demo              the main job on the embedded dataset
 
 Every command takes ``--help``.
@@ -255,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--json")
     b.set_defaults(func=cmd_benchmark)
+    from msad_tf.export import add_benchmark_infer_parser, add_export_parser
+
+    add_benchmark_infer_parser(bench)
+    add_export_parser(sub)
 
     p = sub.add_parser("demo", help="the main job on the embedded dataset")
     _add_config_args(p, default_config="configs/demo.yaml")

@@ -10,7 +10,7 @@ TINY = [
     "model.backbone=resnet_tiny", "model.width=0.25", "model.fpn_channels=16", "model.head_convs=1",
     "model.gn_groups=4", "model.size_ranges=[[0,8],[8,16],[16,32],[32,64],[64,100000]]",
     "data.short_side=128", "data.max_side=128", "train.batch_size=4", "train.epochs=1",
-    "train.steps_per_epoch=2", "train.warmup_steps=1", "eval.batch_size=8",
+    "train.steps_per_epoch=2", "train.warmup_steps=1", "eval.batch_size=8", "train.eval_every=1",
 ]
 
 
@@ -32,6 +32,8 @@ def test_train_writes_a_complete_run_dir(tiny_run):
         assert (run / name).is_file(), name
     assert (run / "checkpoints" / "epoch_001.weights.h5").is_file()
     assert any((run / "logs").rglob("events.out.tfevents*"))
+    header = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"loss", "val_AP", "val_AP50"} <= set(header)
     categories = json.loads((run / "categories.json").read_text())
     assert categories["ids"][0] == 1 and len(categories["ids"]) == len(categories["names"])
 

@@ -233,7 +233,13 @@ def network_flops(model, shift: int, height: int, width: int) -> int:
     graph = function.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32)).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
-    return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
+    finally:
+        logger.setLevel(level)
 
 
 def benchmark_image(config, spec: ExportSpec, seed: int = 0):

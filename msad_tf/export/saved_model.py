@@ -148,9 +148,7 @@ class DetectionModule(tf.Module):
 
     def __init__(self, model, spec: ExportSpec, category_ids, name: str = "msad_detector"):
         super().__init__(name=name)
-        self._keras_model = _Untracked(model)
-        self._spec = _Untracked(spec)
-        self._category_ids = _Untracked([int(i) for i in category_ids])
+        self._state = Untracked(model=model, spec=spec, category_ids=[int(i) for i in category_ids])
         self.serving_default = tf.function(
             self._serve_images,
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
@@ -164,11 +162,11 @@ class DetectionModule(tf.Module):
 
     @property
     def model(self):
-        return self._keras_model.value
+        return self._state.model
 
     @property
     def spec(self) -> ExportSpec:
-        return self._spec.value
+        return self._state.spec
 
     def signatures(self) -> dict:
         """Concrete functions keyed by signature name; also tracks the variables they capture."""
@@ -241,15 +239,16 @@ class DetectionModule(tf.Module):
         extent = tf.reduce_max(sizes, axis=0)
         batch = pad_to_multiple(canvases[:, : extent[0], : extent[1], :], spec.pad_multiple)
         detections = self.model.detect(batch, sizes, spec.shift)
-        return detections_to_od_api(detections, sizes, self._category_ids.value)
+        return detections_to_od_api(detections, sizes, self._state.category_ids)
 
 
-class _Untracked:
-    """Holds a value out of reach of tf.Module tracking (the Keras model is saved through the
-    variables its functions capture, not as an object)."""
+class Untracked:
+    """Attributes out of reach of tf.Module tracking: the Keras model is saved through the
+    variables its traced functions capture, not as an object (its layers hold int-keyed dicts
+    that SavedModel cannot serialise)."""
 
-    def __init__(self, value):
-        self.value = value
+    def __init__(self, **values):
+        self.__dict__.update(values)
 
 
 def detections_to_od_api(detections, image_sizes, category_ids):
@@ -368,6 +367,7 @@ def original_pixel_boxes(normalized_boxes, height, width, spec: ExportSpec):
 __all__ = [
     "DetectionModule",
     "EXPORT_INFO_FILE",
+    "Untracked",
     "ExportSpec",
     "OUTPUT_KEYS",
     "deploy_resolution",

@@ -23,6 +23,7 @@ per level), for parity checks of the network alone.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,17 @@ import tensorflow as tf
 
 from msad_tf.data.preprocess import normalize_image, resize_image
 from msad_tf.export import QUANTIZATIONS
-from msad_tf.export.saved_model import ExportSpec, export_info, export_spec, read_export_info
+from msad_tf.export.saved_model import (
+    ExportSpec,
+    Untracked,
+    export_info,
+    export_spec,
+    read_export_info,
+)
 from msad_tf.modeling.postprocess import _candidates
 
 RAW_OUTPUT_KEYS = ("cls_logits", "box_reg", "centerness")
+FLOAT_SCOPE = "msad_float_postprocess"
 
 
 def head_outputs_at(model, images, shift: int):
@@ -48,8 +56,15 @@ def head_outputs_at(model, images, shift: int):
 
 
 def postprocess_single(level_outputs, strides, image_size, config):
-    """``msad_tf.modeling.postprocess.postprocess`` for one image, without tf.map_fn (the
-    TFLite converter's int8 calibration crashes on the WHILE loop map_fn becomes).
+    """``msad_tf.modeling.postprocess.postprocess`` for one image, in a form TFLite runs right.
+
+    Three differences, all for TFLite: no tf.map_fn (the converter's int8 calibration crashes
+    on the WHILE loop it becomes); NMS with padded outputs plus a valid count (TFLite's
+    NON_MAX_SUPPRESSION_V5 always returns max_output_size indices, so the unpadded form's
+    ``tf.shape(selected)[0]`` would count padding as detections); and boxes left with zero area
+    by the clipping (locations in the padding) are dropped before NMS: TFLite's NMS never
+    suppresses a zero-area box, not even against itself, and returns it max_output_size times.
+    Such a box overlaps nothing, so the other detections are those of ``postprocess``.
 
     Args:
       level_outputs: per level dicts cls_logits [h, w, C], box_reg [h, w, 4], centerness [h, w].
@@ -57,28 +72,32 @@ def postprocess_single(level_outputs, strides, image_size, config):
       image_size: float32 [2] (h, w) of the valid image area.
       config: PostprocessConfig.
     Returns:
-      boxes [D, 4] pixels, scores [D], classes [D] int32, num_detections int32 scalar.
+      boxes [D, 4] pixels, scores [D], classes [D] int32 (zero past num_detections),
+      num_detections int32 scalar.
     """
     boxes, scores, classes = _candidates(
         level_outputs, strides, config.pre_nms_topk, config.score_threshold
     )
     limit = tf.concat([image_size, image_size], 0)
     boxes = tf.clip_by_value(boxes, 0.0, limit)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    scores = tf.where(area > 0.0, scores, 0.0)
     offset = tf.cast(classes, tf.float32)[:, None] * (tf.reduce_max(limit) + 1.0)
-    selected, _ = tf.image.non_max_suppression_with_scores(
-        boxes + offset,
-        scores,
+    selected, _, num = tf.raw_ops.NonMaxSuppressionV5(
+        boxes=boxes + offset,
+        scores=scores,
         max_output_size=config.max_detections,
         iou_threshold=config.nms_iou,
         score_threshold=1e-6,
+        soft_nms_sigma=0.0,
+        pad_to_max_output_size=True,
     )
-    n = tf.shape(selected)[0]
-    pad = config.max_detections - n
+    valid = tf.range(config.max_detections) < num
     return (
-        tf.pad(tf.gather(boxes, selected), [[0, pad], [0, 0]]),
-        tf.pad(tf.gather(scores, selected), [[0, pad]]),
-        tf.pad(tf.gather(classes, selected), [[0, pad]]),
-        n,
+        tf.where(valid[:, None], tf.gather(boxes, selected), 0.0),
+        tf.where(valid, tf.gather(scores, selected), 0.0),
+        tf.where(valid, tf.gather(classes, selected), 0),
+        num,
     )
 
 
@@ -103,7 +122,7 @@ class TFLiteDetectionModule(tf.Module):
                 f"{spec.pad_multiple}"
             )
         self.input_size = (height, width)
-        self._state = _Frozen(model=model, spec=spec, category_ids=[int(i) for i in category_ids])
+        self._state = Untracked(model=model, spec=spec, category_ids=[int(i) for i in category_ids])
         signature = [
             tf.TensorSpec([1, height, width, 3], tf.uint8, name="images"),
             tf.TensorSpec([2], tf.int32, name="image_size"),
@@ -139,21 +158,22 @@ class TFLiteDetectionModule(tf.Module):
         num_detections float32 [1]."""
         state = self._state
         outputs, image_size = self._outputs(images, image_size)
-        size = tf.cast(image_size, tf.float32)
-        boxes, scores, classes, num = postprocess_single(
-            [{key: value[0] for key, value in level.items()} for level in outputs],
-            state.model.pyramid.strides(state.spec.shift),
-            size,
-            state.model.postprocess_config,
-        )
-        valid = tf.range(tf.shape(scores)[0]) < num
-        ids = tf.gather(tf.constant(state.category_ids, tf.float32), classes)
-        return {
-            "detection_boxes": (boxes / tf.concat([size, size], 0))[None],
-            "detection_scores": scores[None],
-            "detection_classes": tf.where(valid, ids, 0.0)[None],
-            "num_detections": tf.cast(num, tf.float32)[None],
-        }
+        with tf.name_scope(FLOAT_SCOPE):
+            size = tf.cast(image_size, tf.float32)
+            boxes, scores, classes, num = postprocess_single(
+                [{key: value[0] for key, value in level.items()} for level in outputs],
+                state.model.pyramid.strides(state.spec.shift),
+                size,
+                state.model.postprocess_config,
+            )
+            valid = tf.range(tf.shape(scores)[0]) < num
+            ids = tf.gather(tf.constant(state.category_ids, tf.float32), classes)
+            return {
+                "detection_boxes": (boxes / tf.concat([size, size], 0))[None],
+                "detection_scores": scores[None],
+                "detection_classes": tf.where(valid, ids, 0.0)[None],
+                "num_detections": tf.cast(num, tf.float32)[None],
+            }
 
     def _raw(self, images, image_size):
         """-> cls_logits [1, N, C], box_reg [1, N, 4], centerness [1, N] (logits)."""
@@ -161,22 +181,14 @@ class TFLiteDetectionModule(tf.Module):
         return flatten_head_outputs(outputs)
 
 
-class _Frozen:
-    """Attributes hidden from tf.Module tracking."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
-
-
 def flatten_head_outputs(level_outputs):
     """Per-level head outputs -> dict cls_logits [B, N, C], box_reg [B, N, 4], centerness
     [B, N], levels concatenated in order, each level row-major."""
     batch = tf.shape(level_outputs[0]["cls_logits"])[0]
-    num_classes = level_outputs[0]["cls_logits"].shape[-1]
+    trailing = {"cls_logits": [level_outputs[0]["cls_logits"].shape[-1]], "box_reg": [4], "centerness": []}
     return {
-        "cls_logits": tf.concat([tf.reshape(o["cls_logits"], [batch, -1, num_classes]) for o in level_outputs], 1),
-        "box_reg": tf.concat([tf.reshape(o["box_reg"], [batch, -1, 4]) for o in level_outputs], 1),
-        "centerness": tf.concat([tf.reshape(o["centerness"], [batch, -1]) for o in level_outputs], 1),
+        key: tf.concat([tf.reshape(o[key], [batch, -1] + dims) for o in level_outputs], 1)
+        for key, dims in trailing.items()
     }
 
 
@@ -211,11 +223,77 @@ def convert(module: TFLiteDetectionModule, quantize: str = "none", representativ
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
-    model = converter.convert()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+        model = _quantize_int8(converter) if quantize == "int8" else converter.convert()
     custom = sorted(op for op in tflite_ops(model) if op.startswith("CUSTOM:"))
     if custom:
         raise ValueError(f"the converted model needs non-builtin ops: {', '.join(custom)}")
     return model
+
+
+def _quantize_int8(converter) -> bytes:
+    """Full-integer quantization of the network with the post-processing kept float: int8
+    decoded boxes would move by canvas/255 pixels, and the class offset that makes NMS
+    class-aware spans C times the image size, far beyond int8 resolution.
+
+    Selective quantization through the public QuantizationDebugger: calibrate, then quantize
+    with the post-processing (ops under the name scope ``FLOAT_SCOPE``, the model outputs, and
+    the op types only the post-processing uses) deny-listed.
+    """
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=converter.representative_dataset
+    )
+    nodes, op_types = _postprocess_denylist(debugger.calibrated_model)
+    debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=nodes, denylisted_ops=op_types
+    )
+    return debugger.get_nondebug_quantized_model()
+
+
+def _postprocess_denylist(model) -> tuple[list[str], list[str]]:
+    """(tensor names, op type names) of a float flatbuffer's post-processing: the outputs of
+    ops under ``FLOAT_SCOPE`` plus the model outputs, and the op types used only there."""
+    schema = _schema()
+    root = schema.Model.GetRootAs(model, 0)
+    subgraph = root.Subgraphs(0)
+    type_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+    def name(index):
+        return subgraph.Tensors(index).Name().decode()
+
+    nodes = {name(subgraph.Outputs(i)) for i in range(subgraph.OutputsLength())}
+    inside, outside = set(), set()
+    for o in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(o)
+        code = root.OperatorCodes(op.OpcodeIndex())
+        op_type = type_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+        outputs = [name(op.Outputs(i)) for i in range(op.OutputsLength())]
+        if any(FLOAT_SCOPE in output for output in outputs):
+            nodes.update(outputs)
+            inside.add(op_type)
+        else:
+            outside.add(op_type)
+    return sorted(nodes), sorted(t for t in inside - outside if t)
+
+
+def tflite_tensor_names(model) -> list[str]:
+    """Names of the tensors of a TFLite flatbuffer's main subgraph."""
+    subgraph = _schema().Model.GetRootAs(model, 0).Subgraphs(0)
+    return [subgraph.Tensors(i).Name().decode() for i in range(subgraph.TensorsLength())]
+
+
+def tflite_tensor_types(model) -> dict[str, str]:
+    """Tensor name -> element type name (FLOAT32, INT8, ...) of a flatbuffer's main subgraph."""
+    if not isinstance(model, (bytes, bytearray)):
+        model = Path(model).read_bytes()
+    schema = _schema()
+    types = {value: key for key, value in vars(schema.TensorType).items() if not key.startswith("_")}
+    subgraph = schema.Model.GetRootAs(model, 0).Subgraphs(0)
+    return {
+        subgraph.Tensors(i).Name().decode(): types[subgraph.Tensors(i).Type()]
+        for i in range(subgraph.TensorsLength())
+    }
 
 
 def _schema():
