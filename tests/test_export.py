@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -61,6 +62,7 @@ def make_tiny_run(root: Path) -> Path:
     run.mkdir()
     config.save(run / runs.CONFIG_FILE)
     runs.write_categories(run, CATEGORY_IDS, CLASS_NAMES)
+    keras.utils.set_random_seed(0)
     model = runs.build_model(config, len(CATEGORY_IDS))
     rng = np.random.default_rng(0)
     head = model.head

@@ -154,3 +154,15 @@ def test_detector_detect_shapes_and_config_roundtrip():
     single = FCOSDetector(tiny_model_config(), num_classes=3)
     assert single.shift_for("low") == 0
     assert single.count_params() < model.count_params()
+
+
+def test_boxes_clipped_to_nothing_are_dropped():
+    # cell 2 (x = 20) predicts a box [18, 22] in x, entirely right of the 8-px-wide image
+    out = [{
+        "cls_logits": tf.constant([[[[5.0], [-9.0], [5.0]]]]),
+        "box_reg": tf.constant([[[[0.25, 0.25, 0.25, 0.25]] * 3]]),
+        "centerness": tf.constant([[[5.0, 5.0, 5.0]]]),
+    }]
+    det = postprocess(out, (8,), tf.constant([[8, 8]]), PostprocessConfig(max_detections=10))
+    assert int(det["num_detections"][0]) == 1
+    np.testing.assert_allclose(det["boxes"][0, 0].numpy(), [2, 2, 6, 6])

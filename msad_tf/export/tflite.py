@@ -23,6 +23,7 @@ per level), for parity checks of the network alone.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -453,8 +454,6 @@ class TFLiteDetector:
     """
 
     def __init__(self, path, num_threads: int | None = None):
-        import os
-
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)

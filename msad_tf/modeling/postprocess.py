@@ -71,6 +71,8 @@ def postprocess(level_outputs, strides, image_sizes, config: PostprocessConfig):
         )
         limit = tf.concat([size, size], 0)
         boxes = tf.clip_by_value(boxes, 0.0, limit)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        scores = tf.where(area > 0.0, scores, 0.0)
         offset = tf.cast(classes, tf.float32)[:, None] * (tf.reduce_max(limit) + 1.0)
         selected, _ = tf.image.non_max_suppression_with_scores(
             boxes + offset,
