@@ -12,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 
-def _time_calls(fn, warmup: int, repeats: int) -> list[float]:
+def time_calls(fn, warmup: int, repeats: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -40,7 +41,7 @@ def train_step_seconds(model, batch, steps: int = 10, warmup: int = 2) -> float:
     step = model.train_function
     data = tf.data.Dataset.from_tensors(batch).repeat()
     iterator = iter(data)
-    times = _time_calls(lambda: step(iterator), warmup, steps)
+    times = time_calls(lambda: step(iterator), warmup, steps)
     return float(np.median(times))
 
 

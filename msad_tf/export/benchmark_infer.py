@@ -213,14 +213,9 @@ def vars_of(spec: ExportSpec) -> dict:
 # ------------------------------------------------------------------------------------ latency
 def latency_seconds(fn, warmup: int, repeats: int) -> list[float]:
     """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    from msad_tf.evaluation.benchmark import time_calls
+
+    return time_calls(fn, warmup, repeats)
 
 
 def network_flops(model, shift: int, height: int, width: int) -> int:

@@ -39,7 +39,7 @@ from msad_tf.export.saved_model import (
     export_spec,
     read_export_info,
 )
-from msad_tf.modeling.postprocess import _candidates
+from msad_tf.modeling.postprocess import image_candidates
 
 RAW_OUTPUT_KEYS = ("cls_logits", "box_reg", "centerness")
 FLOAT_SCOPE = "msad_float_postprocess"
@@ -76,16 +76,9 @@ def postprocess_single(level_outputs, strides, image_size, config):
       boxes [D, 4] pixels, scores [D], classes [D] int32 (zero past num_detections),
       num_detections int32 scalar.
     """
-    boxes, scores, classes = _candidates(
-        level_outputs, strides, config.pre_nms_topk, config.score_threshold
-    )
-    limit = tf.concat([image_size, image_size], 0)
-    boxes = tf.clip_by_value(boxes, 0.0, limit)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    scores = tf.where(area > 0.0, scores, 0.0)
-    offset = tf.cast(classes, tf.float32)[:, None] * (tf.reduce_max(limit) + 1.0)
+    boxes, scores, classes, nms_boxes = image_candidates(level_outputs, strides, image_size, config)
     selected, _, num = tf.raw_ops.NonMaxSuppressionV5(
-        boxes=boxes + offset,
+        boxes=nms_boxes,
         scores=scores,
         max_output_size=config.max_detections,
         iou_threshold=config.nms_iou,

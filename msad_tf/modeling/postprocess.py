@@ -48,6 +48,24 @@ def _candidates(level_outputs, strides, topk: int, threshold: float):
     return tf.concat(boxes, 0), tf.concat(scores, 0), tf.concat(classes, 0)
 
 
+def image_candidates(level_outputs, strides, image_size, config: PostprocessConfig):
+    """Pre-NMS candidates of one image, clipped to ``image_size`` [2] (h, w).
+
+    Boxes clipped to zero area (cells in the padding) get score 0. Returns boxes [K, 4],
+    scores [K], classes [K] int32 and ``nms_boxes`` [K, 4]: the boxes offset per class so one
+    NMS call suppresses only within a class.
+    """
+    boxes, scores, classes = _candidates(
+        level_outputs, strides, config.pre_nms_topk, config.score_threshold
+    )
+    limit = tf.concat([image_size, image_size], 0)
+    boxes = tf.clip_by_value(boxes, 0.0, limit)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    scores = tf.where(area > 0.0, scores, 0.0)
+    offset = tf.cast(classes, tf.float32)[:, None] * (tf.reduce_max(limit) + 1.0)
+    return boxes, scores, classes, boxes + offset
+
+
 def postprocess(level_outputs, strides, image_sizes, config: PostprocessConfig):
     """Detections for a batch.
 
@@ -66,16 +84,9 @@ def postprocess(level_outputs, strides, image_sizes, config: PostprocessConfig):
 
     def one_image(args):
         outs, size = args
-        boxes, scores, classes = _candidates(
-            outs, strides, config.pre_nms_topk, config.score_threshold
-        )
-        limit = tf.concat([size, size], 0)
-        boxes = tf.clip_by_value(boxes, 0.0, limit)
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        scores = tf.where(area > 0.0, scores, 0.0)
-        offset = tf.cast(classes, tf.float32)[:, None] * (tf.reduce_max(limit) + 1.0)
+        boxes, scores, classes, nms_boxes = image_candidates(outs, strides, size, config)
         selected, _ = tf.image.non_max_suppression_with_scores(
-            boxes + offset,
+            nms_boxes,
             scores,
             max_output_size=max_det,
             iou_threshold=config.nms_iou,
