@@ -115,7 +115,6 @@ class TrainConfig:
     jit_compile: bool = False
     precision: str = "float32"
     eval_every: int = 0
-    checkpoint_every: int = 1
     teacher_run: str | None = None
     teacher_target: str = "fused"
     teacher_bn_training: bool = False
@@ -129,7 +128,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation: batch size and which resolutions to report."""
+    """Evaluation: batch size, the resolutions the in-training evaluation callback reports,
+    and an optional cap on the number of val images."""
 
     batch_size: int = 8
     resolutions: list[str] = field(default_factory=lambda: ["high", "low"])

@@ -33,7 +33,7 @@ def test_train_writes_a_complete_run_dir(tiny_run):
     assert (run / "checkpoints" / "epoch_001.weights.h5").is_file()
     assert any((run / "logs").rglob("events.out.tfevents*"))
     header = (run / "history.csv").read_text().splitlines()[0].split(",")
-    assert {"loss", "val_AP", "val_AP50"} <= set(header)
+    assert {"loss", "val_AP", "val_AP50", "val_AP_low"} <= set(header)
     categories = json.loads((run / "categories.json").read_text())
     assert categories["ids"][0] == 1 and len(categories["ids"]) == len(categories["names"])
 

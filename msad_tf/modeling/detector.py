@@ -47,8 +47,6 @@ class FCOSDetector(keras.Model):
     [B, H, W, 3], boxes [B, N, 4] and classes [B, N] in the frame of ``images``.
     """
 
-    branches: tuple[str, ...] = ("high",)
-
     def __init__(
         self,
         config,

@@ -166,7 +166,7 @@ def _train(config: Config, run_dir: Path, progress: bool, callbacks):
         from msad_tf.evaluation.evaluator import COCOEvalCallback
 
         val_data = load_split(config, config.data.val_split)
-        all_callbacks.insert(0, COCOEvalCallback(val_data, config, config.train.eval_every))
+        all_callbacks.insert(0, COCOEvalCallback(val_data, config, config.train.eval_every, config.eval.resolutions))
     all_callbacks += list(callbacks or [])
 
     log.info(
