@@ -176,6 +176,17 @@ class DistillationLoss(keras.layers.Layer):
         return config
 
 
+def _sum_of_level_means(pairs, student_features, elementwise):
+    """sum over levels of sum(elementwise(T - S)) / (B_global * h * w * C) -> scalar."""
+    (batch,) = tf.unstack(global_counts(tf.shape(student_features[0])[0]))
+    total = 0.0
+    for t, s in pairs:
+        shape = tf.shape(s)
+        count = batch * tf.cast(shape[1] * shape[2] * shape[3], tf.float32)
+        total += tf.reduce_sum(elementwise(t - s)) / count
+    return total
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MSADL1Loss(DistillationLoss):
     """Cross feature-level distillation, MSAD paper eq. (7) with the authors' reduction:
@@ -193,13 +204,7 @@ class MSADL1Loss(DistillationLoss):
     def call(self, teacher_features, student_features, *, teacher_outputs=None,
              student_outputs=None, boxes=None, classes=None, image_shape=None, strides=None):
         pairs = self.pair_maps(teacher_features, student_features)
-        (batch,) = tf.unstack(global_counts(tf.shape(student_features[0])[0]))
-        total = 0.0
-        for t, s in pairs:
-            shape = tf.shape(s)
-            count = batch * tf.cast(shape[1] * shape[2] * shape[3], tf.float32)
-            total += tf.reduce_sum(tf.abs(t - s)) / count
-        return self.tau * total
+        return self.tau * _sum_of_level_means(pairs, student_features, tf.abs)
 
     def get_config(self):
         config = super().get_config()
@@ -221,13 +226,7 @@ class MSELoss(DistillationLoss):
     def call(self, teacher_features, student_features, *, teacher_outputs=None,
              student_outputs=None, boxes=None, classes=None, image_shape=None, strides=None):
         pairs = self.pair_maps(teacher_features, student_features)
-        (batch,) = tf.unstack(global_counts(tf.shape(student_features[0])[0]))
-        total = 0.0
-        for t, s in pairs:
-            shape = tf.shape(s)
-            count = batch * tf.cast(shape[1] * shape[2] * shape[3], tf.float32)
-            total += tf.reduce_sum(tf.square(t - s)) / count
-        return self.weight * total
+        return self.weight * _sum_of_level_means(pairs, student_features, tf.square)
 
     def get_config(self):
         config = super().get_config()
