@@ -11,6 +11,7 @@
   msad benchmark train   tf.data and train-step throughput, as ratios
   msad benchmark infer   Keras / SavedModel / TFLite latency at H and L, sizes, FLOPs
   msad demo              the main job on the embedded dataset
+  msad ablation SUITE    the paper's ablation tables at demo scale (teacher, student, budget)
 
 Every command takes ``--help``.
 """
@@ -181,6 +182,14 @@ def cmd_demo(args):
              force=args.force)
 
 
+def cmd_ablation(args):
+    from msad_tf.ablation import run_ablation
+
+    for suite in args.suite:
+        run_ablation(suite, config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
+                     force=args.force, only=args.only)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/msad_synth")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ablation", help="ablation suites (paper Tables 1-3) at demo scale")
+    _add_config_args(p, default_config="configs/demo.yaml")
+    p.add_argument("suite", nargs="+", choices=["teacher", "student", "budget"],
+                   help="teacher: aligned + fusion variants; student: distillation losses, teacher "
+                        "targets, no-KD control; budget: vanilla vs aligned at 2x steps")
+    p.add_argument("--out", default="runs/demo", help="run directory shared with the demo (runs are reused)")
+    p.add_argument("--data", default="data/msad_synth")
+    p.add_argument("--only", nargs="+", help="run names of the suite to do")
+    p.add_argument("--force", action="store_true", help="retrain runs that already finished")
+    p.set_defaults(func=cmd_ablation)
     return parser
 
 

@@ -41,7 +41,7 @@ def _evaluate_rows(label, model, dataset, config, resolutions):
 
 
 def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth",
-             overrides=None, force=False, runs_to_do=DEMO_RUNS):
+             overrides=None, force=False, runs_to_do=DEMO_RUNS, results_name="results", title=None):
     from msad_tf.data.synthetic import make_synthetic_dataset
     from msad_tf.training import runs
     from msad_tf.training.train import load_split, train
@@ -73,11 +73,12 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
         for row, metrics in rows.items():
             runs.update_metrics(run_dir, row, metrics)
         table.update(rows)
-    text = format_table(table, title=f"COCO metrics on {data_root} (val), H = {config.data.short_side}px, "
-                                     f"L = {config.data.short_side // config.model.k}px")
+    text = format_table(table, title=(title or "COCO metrics") + f" on {data_root} (val), "
+                        f"H = {config.data.short_side}px, L = {config.data.short_side // config.model.k}px, "
+                        f"{config.train.epochs * config.train.steps_per_epoch} steps per run")
     print()
     print(text)
-    (out / "results.json").write_text(json.dumps({"table": table, "train_seconds": timings}, indent=2))
-    (out / "results.md").write_text("```\n" + text + "\n```\n")
-    print(f"\ndemo finished in {time.time() - start:.0f} s; results in {out}/results.md")
+    (out / f"{results_name}.json").write_text(json.dumps({"table": table, "train_seconds": timings}, indent=2))
+    (out / f"{results_name}.md").write_text("```\n" + text + "\n```\n")
+    print(f"\nfinished in {time.time() - start:.0f} s; results in {out}/{results_name}.md")
     return table

@@ -1,0 +1,80 @@
+"""Ablation suites on the embedded dataset: the paper's Tables 1-3 at demo scale.
+
+Every run uses the demo config and budget (equal training steps), lives next to the demo's
+runs in OUT (so ``msad ablation --out runs/demo`` reuses the demo's single, vanilla, teacher and
+student runs), and is evaluated with COCOeval at H and/or L. Each suite prints one table and
+writes OUT/ablation_<suite>.{md,json}.
+
+Suites
+  teacher   aligned multi-scale training and the fused teacher with each fusion variant
+            (paper Tables 1 and 2a/2b: vanilla vs aligned, C-FF vs SC-SUM, CC, sigmoid, channel).
+  student   the student with each distillation loss, aligned and not aligned (Table 3a), the
+            three teacher targets (Table 2c) and the no-KD control (gamma = 0, same init).
+  budget    vanilla and aligned multi-scale at twice the demo budget (does aligned L overtake
+            vanilla L with more steps?).
+"""
+from __future__ import annotations
+
+from msad_tf.losses.distillation import DISTILLATION_LOSSES
+
+_TEACHER = "train.teacher_run={out}/teacher"
+_STUDENT = ["train.mode=student", _TEACHER]
+
+SUITES = {
+    "teacher": (
+        ("single", "single-scale", ["train.mode=single"], ("high", "low")),
+        ("vanilla", "vanilla multi-scale", ["train.mode=vanilla_multiscale"], ("high", "low")),
+        ("aligned", "aligned multi-scale", ["train.mode=aligned"], ("high", "low")),
+        ("teacher", "teacher C-FF", ["train.mode=teacher"], ("high",)),
+        *(
+            (f"teacher_{fusion}", f"teacher {label}", ["train.mode=teacher", f"model.fusion={fusion}"], ("high",))
+            for fusion, label in (("sc_sum", "SC-SUM"), ("cc", "CC"), ("sigmoid", "sigmoid (SE)"),
+                                  ("channel", "channel-wise"))
+        ),
+    ),
+    "student": (
+        ("vanilla", "vanilla multi-scale", ["train.mode=vanilla_multiscale"], ("high", "low")),
+        ("student", "student msad_l1 aligned", _STUDENT, ("low",)),
+        *(
+            (f"student_{loss}" + ("" if aligned else "_na"),
+             f"student {loss} {'aligned' if aligned else 'not aligned'}",
+             _STUDENT + [f"train.distill_loss={loss}", f"train.aligned={str(aligned).lower()}"], ("low",))
+            for loss in DISTILLATION_LOSSES for aligned in (True, False) if (loss, aligned) != ("msad_l1", True)
+        ),
+        ("student_target_high", "student, teacher target = high-res pyramid",
+         _STUDENT + ["train.teacher_target=high"], ("low",)),
+        ("student_target_low", "student, teacher target = aligned low-res pyramid",
+         _STUDENT + ["train.teacher_target=low"], ("low",)),
+        ("student_no_kd", "student without KD (gamma 0, teacher init)", _STUDENT + ["train.gamma=0"], ("low",)),
+    ),
+    "budget": (
+        ("vanilla_2x", "vanilla multi-scale, 2x steps",
+         ["train.mode=vanilla_multiscale", "train.epochs=8", "train.lr_decay_epochs=[5.6,7.2]"], ("high", "low")),
+        ("aligned_2x", "aligned multi-scale, 2x steps",
+         ["train.mode=aligned", "train.epochs=8", "train.lr_decay_epochs=[5.6,7.2]"], ("high", "low")),
+    ),
+}
+
+
+def run_ablation(suite, config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth",
+                 overrides=None, force=False, only=None):
+    """Train (or reuse) and evaluate every run of ``suite``; returns {row: metrics}.
+
+    ``only``: restrict to these run names (the teacher run a student suite needs is trained
+    first when missing).
+    """
+    from msad_tf.demo import run_demo
+
+    if suite not in SUITES:
+        raise ValueError(f"unknown ablation suite '{suite}': choose {', '.join(SUITES)}")
+    runs_to_do = SUITES[suite]
+    if only:
+        unknown = sorted(set(only) - {r[0] for r in runs_to_do})
+        if unknown:
+            raise ValueError(f"suite {suite} has no run(s) {', '.join(unknown)}")
+        runs_to_do = tuple(r for r in runs_to_do if r[0] in only)
+    if suite == "student":
+        teacher = next(r for r in SUITES["teacher"] if r[0] == "teacher")
+        runs_to_do = ((teacher[0], teacher[1], teacher[2], ()),) + tuple(runs_to_do)
+    return run_demo(config_path=config_path, out=out, data_root=data_root, overrides=overrides, force=force,
+                    runs_to_do=runs_to_do, results_name=f"ablation_{suite}", title=f"Ablation '{suite}': COCO metrics")
