@@ -12,6 +12,7 @@ Suites
             three teacher targets (Table 2c) and the no-KD control (gamma = 0, same init).
   budget    vanilla and aligned multi-scale at twice the demo budget (does aligned L overtake
             vanilla L with more steps?).
+  k4        k = 4 (L = H / 4, the low-res branch reads P1'..P5'): teacher and student.
 """
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ SUITES = {
          ["train.mode=vanilla_multiscale", "train.epochs=8", "train.lr_decay_epochs=[5.6,7.2]"], ("high", "low")),
         ("aligned_2x", "aligned multi-scale, 2x steps",
          ["train.mode=aligned", "train.epochs=8", "train.lr_decay_epochs=[5.6,7.2]"], ("high", "low")),
+    ),
+    "k4": (
+        ("teacher_k4", "teacher C-FF, k = 4", ["train.mode=teacher", "model.k=4"], ("high", "low")),
+        ("student_k4", "student msad_l1, k = 4",
+         ["train.mode=student", "model.k=4", "train.teacher_run={out}/teacher_k4"], ("low",)),
     ),
 }
 

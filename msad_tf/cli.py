@@ -162,7 +162,7 @@ def cmd_fusion_analysis(args):
     dataset = load_split(config, args.split)
     out = fusion_analysis(model, dataset, config, args.out or Path(args.run) / "fusion_analysis",
                           max_images=args.max_images)
-    print(json.dumps({k: str(v) for k, v in out.items()}, indent=2))
+    print(json.dumps(out, indent=2, default=str))
 
 
 def cmd_benchmark(args):
@@ -280,9 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablation", help="ablation suites (paper Tables 1-3) at demo scale")
     _add_config_args(p, default_config="configs/demo.yaml")
-    p.add_argument("suite", nargs="+", choices=["teacher", "student", "budget"],
+    p.add_argument("suite", nargs="+", choices=["teacher", "student", "budget", "k4"],
                    help="teacher: aligned + fusion variants; student: distillation losses, teacher "
-                        "targets, no-KD control; budget: vanilla vs aligned at 2x steps")
+                        "targets, no-KD control; budget: vanilla vs aligned at 2x steps; k4: teacher and student with k = 4")
     p.add_argument("--out", default="runs/demo", help="run directory shared with the demo (runs are reused)")
     p.add_argument("--data", default="data/msad_synth")
     p.add_argument("--only", nargs="+", help="run names of the suite to do")

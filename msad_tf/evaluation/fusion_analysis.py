@@ -47,13 +47,13 @@ def pearson_r(x, y) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def _scatter(path: Path, sizes, low, r: float, n: int, title: str) -> None:
+def _scatter(path: Path, sizes, low, r: float, n: int, title: str, level_means: dict) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5, 4.0), dpi=120)
+    fig = Figure(figsize=(9.0, 4.0), dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    ax = fig.add_subplot(1, 2, 1)
     keep = np.isfinite(sizes) & np.isfinite(low)
     ax.scatter(sizes[keep], low[keep], s=12, alpha=0.6, edgecolors="none")
     if math.isfinite(r):
@@ -62,9 +62,14 @@ def _scatter(path: Path, sizes, low, r: float, n: int, title: str) -> None:
         ax.plot(xs, slope * xs + intercept, color="C3", label=f"fit: {slope:.2e} x + {intercept:.3f}")
         ax.legend(loc="best", fontsize=8)
     r_text = f"{r:.3f}" if math.isfinite(r) else "n/a"
-    ax.set_title(f"{title}: Pearson r = {r_text} (n = {n})")
+    ax.set_title(f"{title}\nPearson r = {r_text} (n = {n} images)", fontsize=10)
     ax.set_xlabel("mean object size sqrt(w*h) [original px]")
-    ax.set_ylabel("C-FF weight of the low-res input")
+    ax.set_ylabel("low-res weight (mean over levels)")
+    bars = fig.add_subplot(1, 2, 2)
+    bars.bar(list(level_means), list(level_means.values()), color="C1")
+    bars.set_ylim(0, 1)
+    bars.set_title("low-res weight per fused level (mean over images)", fontsize=10)
+    bars.set_xlabel("high-res level P_s (fused with P'_{s-m})")
     fig.tight_layout()
     fig.savefig(str(path))
 
@@ -84,7 +89,8 @@ def fusion_analysis(model, dataset, config, out_dir, max_images=None, batch_size
         the other images in its batch.
     Returns:
       dict(r=Pearson r over images with objects (nan if undefined), n=images in r,
-      csv=path, png=path).
+      r_count=Pearson r of the weight with the number of objects, level_means={P<s>: mean
+      low-res weight of level s over images}, csv=path, png=path).
     CSV columns: image_id, mean_object_size, num_objects, low_weight_mean, low_weight_P<s> per
     high-res level s.
     """
@@ -134,5 +140,8 @@ def fusion_analysis(model, dataset, config, out_dir, max_images=None, batch_size
     n = int(np.sum(np.isfinite(sizes) & np.isfinite(low_mean)))
     png_path = out_dir / "fusion_vs_size.png"
     mode = getattr(getattr(model, "model_config", None), "fusion", "fusion")
-    _scatter(png_path, sizes, low_mean, r, n, f"{mode} low-res weight vs object size")
-    return {"r": r, "n": n, "csv": str(csv_path), "png": str(png_path)}
+    level_means = {name: float(np.mean([row[4][i] for row in rows])) for i, name in enumerate(levels)}
+    counts = np.array([row[2] for row in rows], np.float64)
+    _scatter(png_path, sizes, low_mean, r, n, f"{mode} low-res weight vs object size", level_means)
+    return {"r": r, "n": n, "r_count": pearson_r(counts, low_mean), "level_means": level_means,
+            "csv": str(csv_path), "png": str(png_path)}
