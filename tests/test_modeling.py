@@ -84,15 +84,34 @@ def test_head_shapes_and_shared_scales():
     assert FCOSHead.from_config(head.get_config()).num_convs == 2
 
 
+@pytest.mark.parametrize("k", [2, 4])
 @pytest.mark.parametrize("size", [(97, 130), (255, 257), (129, 64)])
-def test_aligned_pairs_have_identical_shapes(size):
-    model = FCOSDetector(tiny_model_config(), num_classes=3, train_mode="aligned")
+def test_aligned_pairs_have_identical_shapes(size, k):
+    model = FCOSDetector(tiny_model_config(k=k), num_classes=3, train_mode="aligned")
+    assert model.pyramid.shift == {2: 1, 4: 2}[k]
     images = tf.random.normal([1, *size, 3])
     high = model.pyramid_features(images, 0)
     low = model.pyramid_features(model.pyramid.subsample(images), model.pyramid.shift)
     assert len(high) == len(low) == 5
     for h, l in zip(high, low):
         assert h.shape == l.shape
+
+
+def test_k4_teacher_step_reads_p1_to_p5():
+    from msad_tf.modeling.teacher import MultiScaleTeacher
+
+    model = MultiScaleTeacher(tiny_model_config(k=4, norm="gn"), 3)
+    assert model.pyramid.levels(model.shift_for("low")) == (1, 2, 3, 4, 5)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    images = tf.random.normal([2, 128, 128, 3])
+    batch = {"images": images, "boxes": tf.constant([[[8.0, 10.0, 40.0, 36.0], [30.0, 50.0, 110.0, 120.0]]] * 2),
+             "classes": tf.constant([[0, 2]] * 2)}
+    logs = {k: float(v) for k, v in model.train_step(batch).items()}
+    assert logs["loss"] == pytest.approx(logs["loss_high"] + logs["loss_low"] + 0.4 * logs["loss_fused"], rel=1e-5)
+    assert all(np.isfinite(v) for v in logs.values())
+    fused = model.fused_features(images)
+    high = model.pyramid_features(images, 0)
+    assert [f.shape for f in fused] == [h.shape for h in high]
 
 
 def _perfect_outputs(targets, sizes, num_classes):
