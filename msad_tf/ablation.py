@@ -13,6 +13,8 @@ Suites
   budget    vanilla and aligned multi-scale at twice the demo budget (does aligned L overtake
             vanilla L with more steps?).
   k4        k = 4 (L = H / 4, the low-res branch reads P1'..P5'): teacher and student.
+  seeds     vanilla and aligned multi-scale and the C-FF teacher again with seed 1: the run-to-run
+            spread that the differences in the other tables must be read against.
 """
 from __future__ import annotations
 
@@ -59,6 +61,14 @@ SUITES = {
         ("student_k4", "student msad_l1, k = 4",
          ["train.mode=student", "model.k=4", "train.teacher_run={out}/teacher_k4"], ("low",)),
     ),
+    "seeds": tuple(
+        (f"{name}_seed1", f"{label}, seed 1", [f"train.mode={mode}", "train.seed=1"], resolutions)
+        for name, label, mode, resolutions in (
+            ("vanilla", "vanilla multi-scale", "vanilla_multiscale", ("high", "low")),
+            ("aligned", "aligned multi-scale", "aligned", ("high", "low")),
+            ("teacher", "teacher C-FF", "teacher", ("high", "low")),
+        )
+    ),
 }
 
 
@@ -83,4 +93,5 @@ def run_ablation(suite, config_path="configs/demo.yaml", out="runs/demo", data_r
         teacher = next(r for r in SUITES["teacher"] if r[0] == "teacher")
         runs_to_do = ((teacher[0], teacher[1], teacher[2], ()),) + tuple(runs_to_do)
     return run_demo(config_path=config_path, out=out, data_root=data_root, overrides=overrides, force=force,
-                    runs_to_do=runs_to_do, results_name=f"ablation_{suite}", title=f"Ablation '{suite}': COCO metrics")
+                    runs_to_do=runs_to_do, results_name=f"ablation_{suite}", title=f"Ablation '{suite}': COCO metrics",
+                    export_student=False)

@@ -3,7 +3,11 @@
 Generates the synthetic dataset when missing, trains each model of ``DEMO_RUNS`` with the same
 number of steps, evaluates each at high (H) and low (L = H / k) resolution with COCOeval, and
 prints one AP table (also written to OUT/results.json and OUT/results.md). Finished runs are
-reused unless ``force``.
+reused unless ``force``. When the student is among the runs, the demo ends with its deployment:
+the student exported at L as a SavedModel and a float TFLite model in OUT/export/student (the
+``msad export`` layout), and the inference benchmark of the student at L against the same
+network at H (``msad benchmark infer``, shortened), printed and written to
+OUT/benchmark_infer.json and OUT/results.md.
 """
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ DEMO_RUNS = (
     ("teacher", "fusion teacher", ["train.mode=teacher"], ("high", "low")),
     ("student", "MSAD student", ["train.mode=student", "train.teacher_run={out}/teacher"], ("low",)),
 )
+STUDENT_RUN = "student"
+# The demo's deployment step stays short (about a minute on 2 cores): float TFLite only, fewer
+# timed calls; `msad benchmark infer` is the thorough version.
+DEMO_EXPORT = {"quantizations": ("none",), "warmup": 3, "repeats": 20, "num_threads": (1, 2)}
 
 
 def _evaluate_rows(label, model, dataset, config, resolutions):
@@ -40,8 +48,26 @@ def _evaluate_rows(label, model, dataset, config, resolutions):
     return rows
 
 
+def export_and_benchmark(run_dir, out, name: str = STUDENT_RUN, **benchmark_args) -> tuple[dict, str]:
+    """Exports ``run_dir`` at its deployment resolution to ``OUT/export/NAME`` (SavedModel
+    ``1/`` and ``tflite/``) and benchmarks it at L against the same network at H; writes
+    ``OUT/benchmark_infer.json``. Returns (result, table text)."""
+    from msad_tf.export.benchmark_infer import benchmark_infer, format_benchmark, write_json
+
+    args = dict(DEMO_EXPORT, **benchmark_args)
+    result = benchmark_infer(run_dir, export_out=Path(out) / "export", export_name=name,
+                             progress=False, **args)
+    write_json(Path(out) / "benchmark_infer.json", result)
+    return result, format_benchmark(result)
+
+
 def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth",
-             overrides=None, force=False, runs_to_do=DEMO_RUNS, results_name="results", title=None):
+             overrides=None, force=False, runs_to_do=DEMO_RUNS, results_name="results", title=None,
+             export_student: bool = True):
+    """Trains (or reuses) and evaluates ``runs_to_do``; prints and writes the AP table to
+    OUT/<results_name>.{json,md}. ``export_student``: when a run named ``student`` is among
+    them, end with its export and inference benchmark (``export_and_benchmark``). Returns
+    {row: metrics}."""
     from msad_tf.data.synthetic import make_synthetic_dataset
     from msad_tf.training import runs
     from msad_tf.training.train import load_split, train
@@ -80,5 +106,16 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
     print(text)
     (out / f"{results_name}.json").write_text(json.dumps({"table": table, "train_seconds": timings}, indent=2))
     (out / f"{results_name}.md").write_text("```\n" + text + "\n```\n")
+    if export_student and any(run[0] == STUDENT_RUN for run in runs_to_do):
+        print(f"\n== exporting the student to {out}/export/{STUDENT_RUN}, timing it at L and H",
+              flush=True)
+        t = time.time()
+        _, bench = export_and_benchmark(out / STUDENT_RUN, out)
+        print()
+        print(bench)
+        with open(out / f"{results_name}.md", "a") as f:
+            f.write("\nDeployment: the student at L against the same network at H "
+                    "(`msad benchmark infer`)\n\n```\n" + bench + "\n```\n")
+        print(f"(export and benchmark: {time.time() - t:.0f} s)")
     print(f"\nfinished in {time.time() - start:.0f} s; results in {out}/{results_name}.md")
     return table

@@ -362,6 +362,9 @@ def test_export_cli_defaults_and_errors(exported, capsys):
         "saved_model", "none", "saved_models", None, 1)
     args = cli(["benchmark", "infer", "--run", "r", "--runs-high", "h"])
     assert args.quantize == list(QUANTIZATIONS) and args.runs_high == "h"
+    assert args.formats == ["keras", "saved_model", "tflite"] and args.threads is None
+    args = cli(["benchmark", "infer", "--run", "r", "--threads", "1", "2", "--export-out", "o"])
+    assert args.threads == [1, 2] and args.export_out == "o"
     with pytest.raises(ValueError, match="--quantize applies to --format tflite"):
         args = cli(["export", "--run", str(exported["run"]), "--quantize", "int8"])
         args.func(args)
@@ -381,6 +384,100 @@ def test_student_deploys_low_teacher_high(exported):
     assert export_spec(model, config, "low", pad_multiple=128).pad_multiple == 128
     with pytest.raises(ValueError, match="multiple of the coarsest stride"):
         export_spec(model, config, "low", pad_multiple=32)
+
+
+def test_lite_head_equals_keras_head():
+    """The TFLite head (merged tower convs, 4-D GroupNorm) against FCOSHead, 3-conv towers."""
+    from msad_tf.export.tflite import lite_head_outputs
+    from msad_tf.modeling.head import FCOSHead
+
+    keras.utils.set_random_seed(1)
+    head = FCOSHead(num_classes=5, channels=16, num_convs=3, gn_groups=4, num_levels=3)
+    rng = np.random.default_rng(1)
+    features = [tf.constant(rng.normal(0, 2, (1, s, s + 1, 16)).astype(np.float32)) for s in (8, 4, 2)]
+    head(features)
+    for layer in head.cls_tower + head.box_tower:
+        if isinstance(layer, keras.layers.GroupNormalization):
+            layer.gamma.assign(rng.normal(1, 0.3, layer.gamma.shape).astype(np.float32))
+            layer.beta.assign(rng.normal(0, 0.3, layer.beta.shape).astype(np.float32))
+    head.scales.assign([0.5, 1.0, 2.0])
+    reference = head(features)
+    lite = lite_head_outputs(head, features)
+    for ref, got in zip(reference, lite):
+        for key in ("cls_logits", "box_reg", "centerness"):
+            assert got[key].shape == ref[key].shape, key
+            np.testing.assert_allclose(got[key].numpy(), ref[key].numpy(), atol=1e-4, rtol=1e-4)
+    # batch > 1 falls back to the Keras head
+    batch = [tf.concat([f, f], 0) for f in features]
+    assert lite_head_outputs(head, batch)[0]["cls_logits"].shape[0] == 2
+
+
+def test_interleaved_latency_takes_turns():
+    from msad_tf.export.benchmark_infer import interleaved_latency
+
+    order = []
+    times = interleaved_latency({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 1, 3)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert all(len(times[k]["wall"]) == len(times[k]["cpu"]) == 3 for k in "ab")
+
+
+def _demo_args(exported, out):
+    from msad_tf.demo import DEMO_RUNS
+
+    return dict(
+        config_path=Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", out=out,
+        data_root=str(exported["root"] / "data"), runs_to_do=(DEMO_RUNS[-1],),
+        overrides=["data.short_side=128", "data.max_side=128", "data.pad_multiple=128", "eval.batch_size=4"],
+    )
+
+
+def test_demo_ends_with_the_student_export(exported, tmp_path, monkeypatch):
+    """``run_demo`` on a finished tiny student: evaluation, then the deployment step (here
+    TFLite and Keras only, 2 timed calls): the TFLite model kept in the msad export layout at
+    L, the benchmark of the student at L against the same network at H printed, in results.md
+    and in benchmark_infer.json; no export with export_student False (as the ablation suites
+    call it)."""
+    import shutil
+
+    from msad_tf import demo
+
+    monkeypatch.setattr(demo, "DEMO_EXPORT", dict(demo.DEMO_EXPORT, formats=("keras", "tflite"),
+                                                  warmup=0, repeats=2))
+    out = tmp_path / "demo"
+    shutil.copytree(exported["run"], out / "student")
+    demo.run_demo(**_demo_args(exported, out), results_name="no_export", export_student=False)
+    assert not (out / "export").exists() and not (out / "benchmark_infer.json").exists()
+    demo.run_demo(**_demo_args(exported, out))
+    lite = out / "export" / "student" / "tflite" / "model_low_none.tflite"
+    info = json.loads(lite.with_suffix(".json").read_text())
+    assert (info["resolution"], info["shift"], info["input_size"]) == ("low", 1, [64, 64])
+    result = json.loads((out / "benchmark_infer.json").read_text())
+    assert result["exports"]["tflite"]["none"] == str(lite) and result["repeats"] == 2
+    rows = ["keras", "tflite_none/1t", "tflite_none/2t"]
+    assert list(result["ratio_low_over_high"]) == rows
+    assert result["resolutions"]["low"]["spec"]["shift"] == 1
+    assert result["resolutions"]["high"]["spec"]["shift"] == 0
+    results_md = (out / "results.md").read_text()
+    assert "MSAD student @L" in results_md and "Deployment" in results_md
+    for row in rows:
+        assert row in results_md
+        assert result["ratio_low_over_high"][row] > 0 and result["cpu_ratio_low_over_high"][row] > 0
+
+
+@pytest.mark.slow
+def test_demo_export_keeps_a_servable_saved_model(exported, tmp_path):
+    """The demo's deployment step with its own settings: the SavedModel kept in OUT/export/
+    student/1 serves, and the table has the Keras, SavedModel and TFLite rows."""
+    from msad_tf.demo import export_and_benchmark
+
+    result, table = export_and_benchmark(exported["run"], tmp_path)
+    version = tmp_path / "export" / "student" / "1"
+    assert json.loads((version / EXPORT_INFO_FILE).read_text())["resolution"] == "low"
+    served = tf.saved_model.load(str(version)).signatures["serving_default"](
+        images=tf.zeros([1, 64, 64, 3], tf.uint8))
+    assert served["detection_boxes"].shape == (1, MAX_DET, 4)
+    assert list(result["ratio_low_over_high"]) == ["keras", "saved_model", "tflite_none/1t", "tflite_none/2t"]
+    assert "saved_model" in table
 
 
 @pytest.mark.slow

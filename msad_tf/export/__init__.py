@@ -16,6 +16,7 @@ from pathlib import Path
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
+BENCHMARK_FORMATS = ("keras", "saved_model", "tflite")
 
 
 def cmd_export(args) -> None:
@@ -98,6 +99,7 @@ def cmd_benchmark_infer(args) -> None:
         args.run, runs_high=args.runs_high, quantizations=args.quantize, warmup=args.warmup,
         repeats=args.repeats, workdir=args.workdir, num_threads=args.threads,
         representative_images=args.representative_images, ap=args.ap, ap_images=args.ap_images,
+        formats=args.formats, export_out=args.export_out, export_name=args.name,
     )
     print(format_benchmark(result))
     out = Path(args.json or Path(args.run) / "benchmark_infer.json")
@@ -115,7 +117,8 @@ def add_benchmark_infer_parser(benchmark_subparsers):
         description=(
             "Median batch-1 latency (after warm-up) of Keras, the SavedModel and each TFLite "
             "quantization for the same weights at H (shift 0) and at L (the run's low shift), "
-            "images/s, file sizes, network FLOPs, and the low/high latency ratio per format."
+            "H and L timed in turns, images/s, file sizes, network FLOPs, and the low/high "
+            "latency ratio per format (wall clock, and process CPU time)."
         ),
     )
     p.add_argument("--run", required=True, help="run directory (e.g. the student)")
@@ -124,9 +127,17 @@ def add_benchmark_infer_parser(benchmark_subparsers):
                    help="TFLite quantizations to time (default all)")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, help="TFLite interpreter threads (default: all CPUs)")
+    p.add_argument("--formats", nargs="+", choices=BENCHMARK_FORMATS, default=list(BENCHMARK_FORMATS),
+                   help="formats to time (default all)")
+    p.add_argument("--threads", type=int, nargs="+",
+                   help="TFLite interpreter threads; several counts give one row each "
+                        "(default: all CPUs)")
     p.add_argument("--representative-images", type=int, default=20, metavar="N")
     p.add_argument("--workdir", help="keep the exports here (default: a temporary directory)")
+    p.add_argument("--export-out", metavar="OUT",
+                   help="also keep the exports of the run at its deployment resolution in the "
+                        "msad export layout: OUT/NAME/1 and OUT/NAME/tflite/")
+    p.add_argument("--name", help="model name under --export-out (default: the run's name)")
     p.add_argument("--ap", action="store_true",
                    help="also check the AP of every format against Keras on the val split")
     p.add_argument("--ap-images", type=int, help="val images for --ap (default all)")
@@ -136,6 +147,7 @@ def add_benchmark_infer_parser(benchmark_subparsers):
 
 
 __all__ = [
+    "BENCHMARK_FORMATS",
     "FORMATS",
     "QUANTIZATIONS",
     "add_benchmark_infer_parser",

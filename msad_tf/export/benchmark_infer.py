@@ -4,7 +4,8 @@ at high and at low resolution.
 ``export_ap_report`` evaluates Keras, the SavedModel (``image_bytes`` signature) and the TFLite
 models (each quantization) on the run's val split with ``evaluate_coco`` and checks each AP
 against the Keras AP. ``benchmark_infer`` times the same formats at H (shift 0) and at L (the
-run's low shift) in one process and reports the low/high latency ratio of each format.
+run's low shift) in one process, H and L in turns, and reports the low/high latency ratio of
+each format.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from msad_tf.export import QUANTIZATIONS
+from msad_tf.export import BENCHMARK_FORMATS, QUANTIZATIONS
 from msad_tf.export.saved_model import (
     ExportSpec,
     directory_size,
@@ -213,9 +214,30 @@ def vars_of(spec: ExportSpec) -> dict:
 # ------------------------------------------------------------------------------------ latency
 def latency_seconds(fn, warmup: int, repeats: int) -> list[float]:
     """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
-    from msad_tf.evaluation.benchmark import time_calls
+    return interleaved_latency({"fn": fn}, warmup, repeats)["fn"]["wall"]
 
-    return time_calls(fn, warmup, repeats)
+
+def interleaved_latency(calls: dict, warmup: int, repeats: int) -> dict:
+    """Wall-clock and process-CPU seconds of each callable in ``calls``, timed in turns.
+
+    Every round calls each function once (the order reversed every other round), so a change
+    of the machine's load during the measurement hits all of them alike and their ratios stay
+    fair; ``warmup`` untimed rounds first. Returns {name: {"wall": [s], "cpu": [s]}}. The CPU
+    time is the whole process's (all threads): for a single-threaded interpreter it is the
+    compute time without the time the thread waited for a core.
+    """
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    times = {name: {"wall": [], "cpu": []} for name in names}
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            calls[name]()
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
+    return times
 
 
 def network_flops(model, shift: int, height: int, width: int) -> int:
@@ -246,7 +268,7 @@ def benchmark_image(config, spec: ExportSpec, seed: int = 0):
     try:
         record = load_split(config, config.data.val_split).records[0]
         image = tf.io.decode_image(tf.io.read_file(record.path), channels=3, expand_animations=False)
-    except (FileNotFoundError, OSError, ValueError):
+    except (FileNotFoundError, OSError, ValueError, IndexError):
         rng = np.random.default_rng(seed)
         image = tf.constant(rng.integers(0, 256, (spec.short_side, spec.max_side, 3), dtype=np.uint8))
     resized, _ = resize_image(image, spec.short_side, spec.max_side)
@@ -254,28 +276,54 @@ def benchmark_image(config, spec: ExportSpec, seed: int = 0):
 
 
 def _timing(times, size_bytes=None) -> dict:
-    median = float(np.median(times))
+    wall, cpu = np.asarray(times["wall"]), np.asarray(times["cpu"])
+    median = float(np.median(wall))
     return {
         "median_ms": median * 1e3,
-        "p10_ms": float(np.percentile(times, 10)) * 1e3,
-        "p90_ms": float(np.percentile(times, 90)) * 1e3,
+        "p10_ms": float(np.percentile(wall, 10)) * 1e3,
+        "p90_ms": float(np.percentile(wall, 90)) * 1e3,
+        "cpu_median_ms": float(np.median(cpu)) * 1e3,
         "images_per_s": 1.0 / median,
         "size_bytes": size_bytes,
     }
 
 
-def benchmark_resolution(model, config, resolution: str, workdir, category_ids, names, run_dir,
-                         quantizations=QUANTIZATIONS, warmup: int = 5, repeats: int = 50,
-                         num_threads: int | None = None, representative_images: int = 20,
-                         progress: bool = True) -> dict:
-    """Latency of Keras, SavedModel and TFLite (each quantization) at one resolution, batch 1.
+def _thread_counts(num_threads) -> list[int]:
+    if num_threads is None:
+        return [os.cpu_count() or 1]
+    if isinstance(num_threads, int):
+        return [num_threads]
+    return [int(n) for n in num_threads] or [os.cpu_count() or 1]
 
-    All formats see the same image, already at the resolution's size: Keras times
-    ``detect_function`` on the normalised padded batch; the SavedModel times
-    ``serving_default`` (its resize/normalise/pad included) and TFLite the model with an input
-    exactly the padded size.
+
+def tflite_format_name(quantize: str, threads: int, thread_counts) -> str:
+    """Row name of a TFLite model: ``tflite_<quantize>``, plus ``/<threads>t`` when several
+    thread counts are timed."""
+    return f"tflite_{quantize}" + (f"/{threads}t" if len(thread_counts) > 1 else "")
+
+
+def prepare_resolution(model, config, resolution: str, workdir, category_ids, names, run_dir,
+                       quantizations=QUANTIZATIONS, num_threads=None, representative_images: int = 20,
+                       formats=BENCHMARK_FORMATS, export_to=None, progress: bool = True) -> dict:
+    """The exports of one resolution and a batch-1 callable per format, ready to be timed.
+
+    All formats see the same image, already at the resolution's size: Keras runs
+    ``detect_function`` on the normalised padded batch; the SavedModel ``serving_default``
+    (its resize/normalise/pad included) and TFLite the model with an input exactly the padded
+    size (with ``export_to``: the deployment canvas, ``ExportSpec.canvas_side`` square).
+
+    Args:
+      workdir: exports go to ``workdir/<resolution>/`` (reused when there).
+      num_threads: TFLite interpreter threads: an int, a list (one row per count), or None
+        (all CPUs).
+      formats: subset of ``BENCHMARK_FORMATS``.
+      export_to: optional dict(saved_model=DIR, tflite=callable quantize -> PATH): write the
+        exports there instead (always afresh), e.g. in the ``msad export`` layout to keep them.
+    Returns:
+      dict(info=..., calls={format: callable}, sizes={format: bytes}).
     """
     from msad_tf.data.preprocess import normalize_image, pad_to_multiple
+    from msad_tf.export.saved_model import read_export_info
     from msad_tf.export.tflite import TFLiteDetector, export_tflite, prepare_input, representative_dataset
 
     spec = export_spec(model, config, resolution)
@@ -284,83 +332,106 @@ def benchmark_resolution(model, config, resolution: str, workdir, category_ids, 
     padded = (-(-h // spec.pad_multiple) * spec.pad_multiple, -(-w // spec.pad_multiple) * spec.pad_multiple)
     root = Path(workdir) / resolution
     root.mkdir(parents=True, exist_ok=True)
-    formats = {}
+    calls, sizes = {}, {}
+
+    start = time.perf_counter()
 
     def log(message):
         if progress:
-            print(f"[benchmark infer] {resolution}: {message}", flush=True)
+            print(f"[benchmark infer] {resolution} ({time.perf_counter() - start:.0f} s): {message}",
+                  flush=True)
 
-    batch = pad_to_multiple(normalize_image(tf.constant(image))[None], spec.pad_multiple)
-    sizes = tf.constant([[h, w]], tf.int32)
-    detect = model.detect_function(spec.shift)
-    weights = Path(run_dir) / "model.weights.h5"
-    log("keras")
-    formats["keras"] = _timing(
-        latency_seconds(lambda: detect(batch, sizes)["num_detections"].numpy(), warmup, repeats),
-        weights.stat().st_size if weights.is_file() else None,
-    )
+    if "keras" in formats:
+        batch = pad_to_multiple(normalize_image(tf.constant(image))[None], spec.pad_multiple)
+        image_sizes = tf.constant([[h, w]], tf.int32)
+        detect = model.detect_function(spec.shift)
+        weights = Path(run_dir) / "model.weights.h5"
+        calls["keras"] = lambda: detect(batch, image_sizes)["num_detections"].numpy()
+        sizes["keras"] = weights.stat().st_size if weights.is_file() else None
 
-    export_dir = root / "saved_model"
-    if not (export_dir / "saved_model.pb").is_file():
-        log("export SavedModel")
-        export_saved_model(model, export_dir, spec, category_ids, names, source_run=run_dir)
-    serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
-    images = tf.constant(image[None])
-    log("saved_model")
-    formats["saved_model"] = _timing(
-        latency_seconds(lambda: serve(images=images)["num_detections"].numpy(), warmup, repeats),
-        directory_size(export_dir),
-    )
+    if "saved_model" in formats:
+        export_dir = Path(export_to["saved_model"]) if export_to else root / "saved_model"
+        if export_to or not (export_dir / "saved_model.pb").is_file():
+            log(f"export SavedModel to {export_dir}")
+            export_saved_model(model, export_dir, spec, category_ids, names, source_run=run_dir)
+        serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+        images = tf.constant(image[None])
+        calls["saved_model"] = lambda: serve(images=images)["num_detections"].numpy()
+        sizes["saved_model"] = directory_size(export_dir)
 
-    tflite_input, tflite_size, _ = prepare_input(image, spec, padded)
-    for quantize in quantizations:
-        path = root / f"model_{quantize}.tflite"
-        if not path.is_file():
-            log(f"export TFLite {quantize}")
-            data = (
-                representative_dataset(config, spec, padded, representative_images)
-                if quantize == "int8"
-                else None
-            )
-            export_tflite(model, path, spec, category_ids, names, quantize, data, padded, source_run=run_dir)
-        detector = TFLiteDetector(path, num_threads)
-        log(f"tflite_{quantize}")
-        formats[f"tflite_{quantize}"] = _timing(
-            latency_seconds(lambda: detector(tflite_input, tflite_size), warmup, repeats),
-            path.stat().st_size,
-        )
-    return {
+    if "tflite" in formats:
+        # A kept export takes the deployment canvas (any resized image fits); a scratch one
+        # exactly the padded benchmark image, as Keras sees it.
+        side = spec.canvas_side
+        input_size = (side, side) if export_to else padded
+        thread_counts = _thread_counts(num_threads)
+        for quantize in quantizations:
+            path = Path(export_to["tflite"](quantize)) if export_to else root / f"model_{quantize}.tflite"
+            fresh = bool(export_to) or not path.is_file()
+            if not fresh:
+                fresh = tuple(read_export_info(path).get("input_size", ())) != tuple(input_size)
+            if fresh:
+                log(f"export TFLite {quantize} to {path}")
+                data = (
+                    representative_dataset(config, spec, input_size, representative_images)
+                    if quantize == "int8"
+                    else None
+                )
+                export_tflite(model, path, spec, category_ids, names, quantize, data, input_size,
+                              source_run=run_dir)
+            tflite_input, tflite_size, _ = prepare_input(image, spec, input_size)
+            for threads in thread_counts:
+                detector = TFLiteDetector(path, threads)
+                name = tflite_format_name(quantize, threads, thread_counts)
+                calls[name] = lambda detector=detector: detector(tflite_input, tflite_size)
+                sizes[name] = path.stat().st_size
+    info = {
         "run": str(run_dir),
         "spec": vars_of(spec),
         "input": [int(h), int(w)],
         "padded_input": [int(padded[0]), int(padded[1])],
         "gflops": network_flops(model, spec.shift, *padded) / 1e9,
-        "formats": formats,
     }
+    return {"info": info, "calls": calls, "sizes": sizes}
 
 
 def benchmark_infer(run_dir, runs_high=None, quantizations=QUANTIZATIONS, warmup: int = 5,
-                    repeats: int = 50, workdir=None, num_threads: int | None = None,
+                    repeats: int = 50, workdir=None, num_threads=None,
                     representative_images: int = 20, ap: bool = False, ap_images: int | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, formats=BENCHMARK_FORMATS, export_out=None,
+                    export_name: str | None = None) -> dict:
     """Inference latency of every format at high and at low resolution, measured in one process.
+
+    Both resolutions are exported and loaded first; then each format is timed at H and at L in
+    turns (``interleaved_latency``), so the L/H ratios do not depend on when the machine was
+    busy.
 
     Args:
       run_dir: the run benchmarked at L with its low shift, and at H with shift 0 (same weights).
       runs_high: optional run benchmarked at H instead (e.g. the single-resolution baseline).
       quantizations: TFLite quantizations to export and time.
-      warmup, repeats: untimed and timed calls per format (median reported).
+      warmup, repeats: untimed and timed calls per format and resolution (median reported).
       workdir: where exports go (default: a temporary directory, removed after).
-      num_threads: TFLite interpreter threads (default: all CPUs; TensorFlow uses its default
-        thread pools).
+      num_threads: TFLite interpreter threads: int, list of ints (one row per count) or None
+        (all CPUs; TensorFlow uses its default thread pools).
       ap: also run ``export_ap_report`` at the run's deployment resolution.
+      formats: subset of ``BENCHMARK_FORMATS`` to time.
+      export_out: keep the exports of ``run_dir`` at its deployment resolution in the ``msad
+        export`` layout: ``EXPORT_OUT/NAME/1`` (SavedModel) and
+        ``EXPORT_OUT/NAME/tflite/model_<resolution>_<quantize>.tflite``; NAME is
+        ``export_name`` or the run directory's name.
     Returns:
-      dict(resolutions={high, low: benchmark_resolution(...)}, ratio_low_over_high={format:
-      latency ratio}, flops_ratio_low_over_high, cpu_count, tflite_threads, warmup, repeats
-      [, ap_report]).
+      dict(resolutions={high, low: info + formats={format: timing}}, ratio_low_over_high={format:
+      wall-clock latency ratio}, cpu_ratio_low_over_high, flops_ratio_low_over_high,
+      cpu_count, tflite_threads, warmup, repeats[, exports][, ap_report]).
     """
+    from msad_tf.export.saved_model import deploy_resolution
+    from msad_tf.export.tflite import tflite_path
     from msad_tf.training.runs import load_run
 
+    unknown = sorted(set(formats) - set(BENCHMARK_FORMATS))
+    if unknown:
+        raise ValueError(f"unknown format(s) {unknown}: choose from {BENCHMARK_FORMATS}")
     loaded = {}
 
     def run(path):
@@ -369,39 +440,79 @@ def benchmark_infer(run_dir, runs_high=None, quantizations=QUANTIZATIONS, warmup
             loaded[key] = load_run(path)
         return loaded[key]
 
+    thread_counts = _thread_counts(num_threads)
     result = {
         "cpu_count": os.cpu_count(),
-        "tflite_threads": num_threads or os.cpu_count(),
+        "tflite_threads": thread_counts[0] if len(thread_counts) == 1 else thread_counts,
         "warmup": warmup,
         "repeats": repeats,
         "resolutions": {},
     }
+    deployed = None
+    if export_out is not None:
+        config, model, _, _ = run(run_dir)
+        deployed = deploy_resolution(model, config)
+        if deployed == "high" and runs_high:
+            raise ValueError(
+                "export_out keeps the run's exports at its deployment resolution (high), where "
+                "runs_high is benchmarked instead"
+            )
+        name = export_name or Path(run_dir).resolve().name
+        result["exports"] = {
+            "resolution": deployed,
+            "saved_model": str(Path(export_out) / name / "1"),
+            "tflite": {q: str(tflite_path(export_out, name, deployed, q)) for q in quantizations},
+        }
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(workdir or scratch)
+        prepared = {}
         for resolution in ("high", "low"):
             source = runs_high if (resolution == "high" and runs_high) else run_dir
             config, model, ids, names = run(source)
-            result["resolutions"][resolution] = benchmark_resolution(
+            export_to = None
+            if deployed == resolution and source == run_dir:
+                export_to = {
+                    "saved_model": result["exports"]["saved_model"],
+                    "tflite": lambda q: result["exports"]["tflite"][q],
+                }
+            prepared[resolution] = prepare_resolution(
                 model, config, resolution, root / Path(source).resolve().name, ids, names, source,
-                quantizations, warmup, repeats, num_threads, representative_images, progress,
+                quantizations, thread_counts, representative_images, formats, export_to, progress,
             )
+        high, low = prepared["high"], prepared["low"]
+        for resolution, entry in prepared.items():
+            result["resolutions"][resolution] = dict(entry["info"], formats={})
+        for name in high["calls"]:
+            if name not in low["calls"]:
+                continue
+            if progress:
+                print(f"[benchmark infer] timing {name}", flush=True)
+            times = interleaved_latency(
+                {"high": high["calls"][name], "low": low["calls"][name]}, warmup, repeats
+            )
+            for resolution in ("high", "low"):
+                result["resolutions"][resolution]["formats"][name] = _timing(
+                    times[resolution], prepared[resolution]["sizes"][name]
+                )
         if ap:
             result["ap_report"] = export_ap_report(
                 run_dir, workdir=root / "ap", max_images=ap_images, progress=progress,
-                num_threads=num_threads,
+                num_threads=thread_counts[0],
             )
     high, low = result["resolutions"]["high"], result["resolutions"]["low"]
-    result["ratio_low_over_high"] = {
-        name: low["formats"][name]["median_ms"] / high["formats"][name]["median_ms"]
-        for name in high["formats"]
-        if name in low["formats"]
-    }
+    for key, ratio in (("median_ms", "ratio_low_over_high"), ("cpu_median_ms", "cpu_ratio_low_over_high")):
+        result[ratio] = {
+            name: low["formats"][name][key] / high["formats"][name][key]
+            for name in high["formats"]
+            if name in low["formats"]
+        }
     result["flops_ratio_low_over_high"] = low["gflops"] / high["gflops"]
     return result
 
 
 def format_benchmark(result: dict) -> str:
-    """One table: per format, latency and images/s at H and L, the L/H latency ratio, sizes."""
+    """One table: per format, latency and images/s at H and L, the L/H latency ratio (wall
+    clock, and process CPU time), sizes."""
     high, low = result["resolutions"]["high"], result["resolutions"]["low"]
 
     def describe(entry):
@@ -413,26 +524,35 @@ def format_benchmark(result: dict) -> str:
             f"{entry['gflops']:.3f} GFLOPs (network), run {entry['run']}"
         )
 
+    width = max([16] + [len(name) + 2 for name in high["formats"]])
     header = (
-        f"{'format':<16}{'H ms':>9}{'L ms':>9}{'L/H':>7}{'H img/s':>10}{'L img/s':>10}"
+        f"{'format':<{width}}{'H ms':>9}{'L ms':>9}{'L/H':>7}{'L/H cpu':>9}{'H img/s':>10}{'L img/s':>10}"
         f"{'H size':>11}{'L size':>11}"
     )
     lines = [describe(high), describe(low), "", header, "-" * len(header)]
+    cpu_ratios = result.get("cpu_ratio_low_over_high", {})
     for name, h in high["formats"].items():
         lo = low["formats"].get(name)
         if lo is None:
             continue
+        cpu = f"{cpu_ratios[name]:>9.2f}" if name in cpu_ratios else f"{'-':>9}"
         lines.append(
-            f"{name:<16}{h['median_ms']:>9.2f}{lo['median_ms']:>9.2f}"
-            f"{result['ratio_low_over_high'][name]:>7.2f}{h['images_per_s']:>10.1f}"
+            f"{name:<{width}}{h['median_ms']:>9.2f}{lo['median_ms']:>9.2f}"
+            f"{result['ratio_low_over_high'][name]:>7.2f}{cpu}{h['images_per_s']:>10.1f}"
             f"{lo['images_per_s']:>10.1f}{_size(h['size_bytes']):>11}{_size(lo['size_bytes']):>11}"
         )
     lines += [
         "",
         f"FLOPs L/H: {result['flops_ratio_low_over_high']:.3f}; median of {result['repeats']} runs "
-        f"after {result['warmup']} warm-up, batch 1, {result['cpu_count']} CPUs, TFLite threads "
-        f"{result['tflite_threads']}",
+        f"after {result['warmup']} warm-up, H and L timed in turns, batch 1, {result['cpu_count']} "
+        f"CPUs, TFLite threads {result['tflite_threads']}; L/H cpu: process CPU time ratio",
     ]
+    if "exports" in result:
+        exports = result["exports"]
+        lines.append(
+            f"exports at {exports['resolution']} resolution kept: {exports['saved_model']}, "
+            + ", ".join(exports["tflite"].values())
+        )
     if "ap_report" in result:
         lines += ["", format_ap_report(result["ap_report"])]
     return "\n".join(lines)
@@ -452,11 +572,14 @@ def write_json(path, data) -> None:
 __all__ = [
     "AP_FORMATS",
     "AP_TOLERANCES",
+    "BENCHMARK_FORMATS",
     "benchmark_infer",
-    "benchmark_resolution",
     "export_ap_report",
     "format_ap_report",
     "format_benchmark",
+    "interleaved_latency",
     "latency_seconds",
     "network_flops",
+    "prepare_resolution",
+    "tflite_format_name",
 ]

@@ -45,15 +45,116 @@ RAW_OUTPUT_KEYS = ("cls_logits", "box_reg", "centerness")
 FLOAT_SCOPE = "msad_float_postprocess"
 
 
-def head_outputs_at(model, images, shift: int):
+def head_outputs_at(model, images, shift: int, lite_head: bool = False):
     """Head outputs per level of the branch ``model.detect`` runs at ``shift`` (the fused branch
-    of a MultiScaleTeacher at shift 0)."""
+    of a MultiScaleTeacher at shift 0); ``lite_head``: through ``lite_head_outputs``."""
     resolve = getattr(model, "resolve_branch", None)
+    features = None
     if resolve is not None:
         branch, shift = resolve(None, shift)
         if branch == "fused":
-            return model.head_outputs(model.fused_features(images))
-    return model.head_outputs(model.pyramid_features(images, shift))
+            features = model.fused_features(images)
+    if features is None:
+        features = model.pyramid_features(images, shift)
+    return lite_head_outputs(model.head, features) if lite_head else model.head_outputs(features)
+
+
+def _tower_blocks(tower):
+    """A tower's layers as [(Conv2D, GroupNormalization)] blocks (each followed by a ReLU), or
+    None when the tower is not made of such blocks."""
+    import keras
+
+    blocks = []
+    for i in range(0, len(tower), 3):
+        conv, norm, relu = (list(tower[i : i + 3]) + [None, None])[:3]
+        if not (
+            isinstance(conv, keras.layers.Conv2D) and conv.kernel_size == (3, 3)
+            and conv.strides == (1, 1) and conv.dilation_rate == (1, 1) and conv.groups == 1
+            and conv.padding == "same" and conv.use_bias
+            and conv.activation is keras.activations.linear
+            and isinstance(norm, keras.layers.GroupNormalization) and norm.axis in (-1, 3)
+            and norm.scale and norm.center
+            and isinstance(relu, keras.layers.ReLU) and relu.max_value is None
+            and not relu.negative_slope and not relu.threshold
+        ):
+            return None
+        blocks.append((conv, norm))
+    return blocks
+
+
+def _conv_same(x, convs):
+    """The 3x3 'same' convolutions ``convs`` (Keras Conv2D layers reading the same input) as one
+    conv whose output channels are theirs, concatenated."""
+    kernel = tf.concat([tf.cast(c.kernel, tf.float32) for c in convs], -1)
+    bias = tf.concat([tf.cast(c.bias, tf.float32) for c in convs], -1)
+    return tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "SAME"), bias)
+
+
+def _group_norm(x, norms):
+    """GroupNormalization of ``x`` [1, h, w, C] whose channels are those of the layers ``norms``
+    concatenated (each with its own groups), in 4-D ops: per-channel moments over space, then
+    the group average as a [C, C] matmul. Equal to the Keras layers to float rounding."""
+    channels = x.shape[-1]
+    matrix = np.zeros((channels, channels), np.float32)
+    start = 0
+    for norm in norms:
+        size = int(norm.gamma.shape[0]) // norm.groups
+        for _ in range(norm.groups):
+            matrix[start : start + size, start : start + size] = 1.0 / size
+            start += size
+    if start != channels:
+        raise ValueError(f"GroupNormalization layers cover {start} channels, the input has {channels}")
+    matrix = tf.constant(matrix)
+
+    def group_average(moment):
+        return tf.reshape(tf.matmul(tf.reshape(moment, [-1, channels]), matrix), [-1, 1, 1, channels])
+
+    gamma = tf.concat([tf.cast(n.gamma, tf.float32) for n in norms], 0)
+    beta = tf.concat([tf.cast(n.beta, tf.float32) for n in norms], 0)
+    centered = x - group_average(tf.reduce_mean(x, [1, 2], keepdims=True))
+    variance = group_average(tf.reduce_mean(tf.square(centered), [1, 2], keepdims=True))
+    return centered * (tf.math.rsqrt(variance + norms[0].epsilon) * gamma) + beta
+
+
+def lite_head_outputs(head, features):
+    """``FCOSHead`` outputs (same weights, same math, equal to float rounding) in fewer and
+    cheaper TFLite ops, for batch-1 graphs.
+
+    The head is a fixed cost: the aligned low-res levels P(3-m)'..P(7-m)' have as many cells
+    as P3..P7 at high resolution, so at L it is about half of the network FLOPs and, as Keras
+    writes it, slower per FLOP than the backbone (35 convs and 20 GroupNorms of 5-D reshapes
+    and reductions for 2-conv towers). Here: the first convs of the two towers, which read the
+    same input, run as one conv (and their GroupNorms as one); box_pred and centerness, which
+    read the same tower, as one conv; GroupNorm in 4-D ops (``_group_norm``). Falls back to
+    ``head(features)`` for a head not made of conv/GroupNorm/ReLU blocks or for batch > 1.
+    """
+    cls_blocks, box_blocks = _tower_blocks(head.cls_tower), _tower_blocks(head.box_tower)
+    if (
+        cls_blocks is None or box_blocks is None or len(cls_blocks) != len(box_blocks)
+        or any(f.shape[0] != 1 for f in features)
+    ):
+        return head(features)
+    outputs = []
+    for i, feature in enumerate(features):
+        feature = tf.cast(feature, tf.float32)
+        cls = box = feature
+        blocks = list(zip(cls_blocks, box_blocks))
+        if blocks:
+            (cls_conv, cls_norm), (box_conv, box_norm) = blocks.pop(0)
+            both = tf.nn.relu(_group_norm(_conv_same(feature, [cls_conv, box_conv]), [cls_norm, box_norm]))
+            cls, box = tf.split(both, [cls_conv.filters, box_conv.filters], axis=-1)
+        for (cls_conv, cls_norm), (box_conv, box_norm) in blocks:
+            cls = tf.nn.relu(_group_norm(_conv_same(cls, [cls_conv]), [cls_norm]))
+            box = tf.nn.relu(_group_norm(_conv_same(box, [box_conv]), [box_norm]))
+        box_and_centerness = _conv_same(box, [head.box_pred, head.centerness])
+        outputs.append(
+            {
+                "cls_logits": _conv_same(cls, [head.cls_logits]),
+                "box_reg": tf.nn.relu(tf.cast(head.scales[i], tf.float32) * box_and_centerness[..., :4]),
+                "centerness": box_and_centerness[..., 4],
+            }
+        )
+    return outputs
 
 
 def postprocess_single(level_outputs, strides, image_size, config):
@@ -144,7 +245,7 @@ class TFLiteDetectionModule(tf.Module):
     def _outputs(self, images, image_size):
         state = self._state
         normalized, image_size = self.normalized_input(images, image_size)
-        return head_outputs_at(state.model, normalized, state.spec.shift), image_size
+        return head_outputs_at(state.model, normalized, state.spec.shift, lite_head=True), image_size
 
     def _detect(self, images, image_size):
         """-> detection_boxes [1, D, 4] normalised by image_size, detection_scores [1, D],
@@ -486,6 +587,7 @@ __all__ = [
     "export_tflite",
     "flatten_head_outputs",
     "head_outputs_at",
+    "lite_head_outputs",
     "postprocess_single",
     "prepare_input",
     "representative_dataset",
