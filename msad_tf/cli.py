@@ -9,6 +9,7 @@
   msad fusion-analysis   C-FF weight vs object size for a teacher run
   msad export            SavedModel (TF Serving) or TFLite (none/fp16/dynamic/int8) of a run
   msad benchmark train   tf.data and train-step throughput, as ratios
+  msad benchmark data    tf.data training-pipeline images/s vs num_parallel_calls (folder, TFRecords)
   msad benchmark infer   Keras / SavedModel / TFLite latency at H and L, sizes, FLOPs
   msad demo              the main job on the embedded dataset
   msad ablation SUITE    the paper's ablation tables at demo scale (teacher, student, budget)
@@ -86,6 +87,7 @@ def _evaluate_run(run_dir, split, resolutions, max_images, progress=True):
 
     config, model, _, _ = runs.load_run(run_dir)
     dataset = load_split(config, split)
+    runs.check_categories(run_dir, dataset)
     rows = {}
     for resolution in resolutions:
         for label, branch in model_branches(model, resolution):
@@ -125,6 +127,7 @@ def _sweep(args):
 
     config, model, _, _ = runs.load_run(args.run)
     dataset = load_split(config, args.split)
+    runs.check_categories(args.run, dataset)
     rows = resolution_sweep(model, dataset, config, args.sweep, model.shift_for("low"),
                             Path(args.run), max_images=args.max_images, progress=not args.quiet)
     for row in rows:
@@ -160,6 +163,7 @@ def cmd_fusion_analysis(args):
     if not hasattr(model, "fusion_weights"):
         raise SystemExit(f"{args.run} is not a fusion teacher run (train.mode teacher)")
     dataset = load_split(config, args.split)
+    runs.check_categories(args.run, dataset)
     out = fusion_analysis(model, dataset, config, args.out or Path(args.run) / "fusion_analysis",
                           max_images=args.max_images)
     print(json.dumps(out, indent=2, default=str))
@@ -171,6 +175,18 @@ def cmd_benchmark(args):
     config = _resolve_config(args)
     result = benchmark_train(config, modes=args.modes, steps=args.steps)
     print(format_train_benchmark(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+def cmd_benchmark_data(args):
+    from msad_tf.evaluation.benchmark import benchmark_data, format_data_benchmark
+
+    config = _resolve_config(args)
+    calls = [-1 if c.lower() == "autotune" else int(c) for c in args.parallel_calls]
+    result = benchmark_data(config, parallel_calls=calls, sources=args.sources, batches=args.batches,
+                            rounds=args.rounds, shards=args.shards)
+    print(format_data_benchmark(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
@@ -266,6 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--json")
     b.set_defaults(func=cmd_benchmark)
+    b = bench.add_parser("data", help="training-pipeline images/s per num_parallel_calls, folder and TFRecords")
+    _add_config_args(b, default_config="configs/demo.yaml")
+    b.add_argument("--parallel-calls", nargs="+", default=["1", "2", "4", "autotune"],
+                   help="num_parallel_calls values (ratios are against 1)")
+    b.add_argument("--sources", nargs="+", default=["folder", "tfrecord"], choices=["folder", "tfrecord"])
+    b.add_argument("--batches", type=int, default=30, help="timed batches per pipeline and round")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    b.add_argument("--shards", type=int, default=8, help="TFRecord shards written when data.train_tfrecords is unset")
+    b.add_argument("--json")
+    b.set_defaults(func=cmd_benchmark_data)
     from msad_tf.export import add_benchmark_infer_parser, add_export_parser
 
     add_benchmark_infer_parser(bench)
@@ -280,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablation", help="ablation suites (paper Tables 1-3) at demo scale")
     _add_config_args(p, default_config="configs/demo.yaml")
-    p.add_argument("suite", nargs="+", choices=["teacher", "student", "budget", "k4"],
+    p.add_argument("suite", nargs="+", choices=["teacher", "student", "budget", "k4", "seeds"],
                    help="teacher: aligned + fusion variants; student: distillation losses, teacher "
-                        "targets, no-KD control; budget: vanilla vs aligned at 2x steps; k4: teacher and student with k = 4")
+                        "targets, no-KD control; budget: vanilla vs aligned at 2x steps; k4: teacher and student with k = 4; seeds: seed-1 repeats (run-to-run spread)")
     p.add_argument("--out", default="runs/demo", help="run directory shared with the demo (runs are reused)")
     p.add_argument("--data", default="data/msad_synth")
     p.add_argument("--only", nargs="+", help="run names of the suite to do")
@@ -305,6 +331,11 @@ def main(argv=None):
             raise
         print(f"msad {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as err:
+        if args.verbose:
+            raise
+        print(f"msad {args.command}: training diverged: {err}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

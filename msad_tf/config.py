@@ -91,6 +91,9 @@ class TrainConfig:
     ``teacher`` (aligned + crossing feature-level fusion), ``student`` (low-resolution student
     distilled from ``teacher_run``: L_S = gamma * L_KD + (1 - gamma) * L_det).
     The learning rate scales linearly with the global batch: lr = base_lr * batch_size / base_batch.
+    ``clipnorm`` bounds the global gradient norm, ``clipvalue`` each gradient element (one of
+    them). ``backup_every`` backs up model and optimizer every that many steps in RUN_DIR/backup
+    so that a killed run resumes where it stopped (0: off).
     """
 
     mode: str = "single"
@@ -107,6 +110,8 @@ class TrainConfig:
     lr_decay_epochs: list[float] = field(default_factory=lambda: [8, 11])
     lr_decay_factor: float = 0.1
     clipnorm: float | None = None
+    clipvalue: float | None = None
+    backup_every: int = 50
     fusion_weight: float = 0.4
     schedule: str = "joint"
     stage2_epochs: int = 0
@@ -244,10 +249,15 @@ def validate(config: Config) -> None:
     if k < 1 or (k & (k - 1)) != 0:
         raise ConfigError(f"model.k = {k}: must be a power of two (1, 2, 4, ...)")
     shift = int(math.log2(k))
+    if not m.head_levels:
+        raise ConfigError("model.head_levels is empty: the head needs at least one pyramid level")
     if min(m.head_levels) - shift < 1:
+        available = sum(1 for level in m.head_levels if level - shift >= 1)
         raise ConfigError(
             f"model.k = {k} shifts the head levels {m.head_levels} down by {shift}, below P1: "
-            f"the low-resolution branch would lack pyramid levels; use a smaller k"
+            f"the low-resolution branch would have {available} of the {len(m.head_levels)} "
+            f"pyramid levels the head needs (the FPN has P1..P7); use k <= "
+            f"{2 ** (min(m.head_levels) - 1)}"
         )
     levels = list(m.head_levels)
     if levels != list(range(levels[0], levels[0] + len(levels))):
@@ -293,6 +303,14 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.strategy '{t.strategy}': choose default, mirrored or multi_worker")
     if t.batch_size < 1 or t.epochs < 1:
         raise ConfigError("train.batch_size and train.epochs must be positive")
+    for name in ("clipnorm", "clipvalue"):
+        value = getattr(t, name)
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ConfigError(f"train.{name} {value!r} must be a positive number (or null: off)")
+    if t.clipnorm is not None and t.clipvalue is not None:
+        raise ConfigError("train.clipnorm and train.clipvalue: set one of them, not both")
+    if not isinstance(t.backup_every, int) or t.backup_every < 0:
+        raise ConfigError(f"train.backup_every {t.backup_every!r} must be a whole number of steps >= 0 (0: off)")
     if len(d.jitter) != 2 or not 0 < d.jitter[0] <= d.jitter[1]:
         raise ConfigError(f"data.jitter {d.jitter} must be [alpha_min, alpha_max] with 0 < min <= max")
     if d.pad_multiple % (2 ** max(levels)):

@@ -1,8 +1,10 @@
-"""Test set-up: two logical CPU devices (for MirroredStrategy tests) and tiny model configs."""
+"""Test set-up: two logical CPU devices (for MirroredStrategy tests), tiny model configs, a tiny
+dataset, and helpers shared by the distribution and training tests."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -10,6 +12,8 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
 )
+
+import keras  # noqa: E402
 
 from msad_tf.config import ModelConfig  # noqa: E402
 
@@ -45,3 +49,92 @@ def toy_batch(batch=4, size=128, seed=0):
     )
     classes = tf.constant([[0, 2, -1]] * batch, tf.int32)
     return {"images": images, "boxes": boxes, "classes": classes}
+
+
+# ------------------------------------------------------------- distribution and training helpers
+def one_step(strategy, build, weights, batch, optimizer=lambda: keras.optimizers.SGD(0.1, momentum=0.9)):
+    """One ``fit`` step of ``build()`` (set to ``weights``) under ``strategy``.
+
+    Returns (history dict, trainable weights as numpy arrays after the step).
+    """
+    with strategy.scope():
+        model = build()
+        model.set_weights(weights)
+        model.compile(optimizer=optimizer())
+    history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+    return history.history, [w.numpy() for w in model.trainable_weights]
+
+
+def assert_two_replicas_match_one(build, batch, seed=1):
+    """A step on 2 logical CPUs (MirroredStrategy) equals the 1-device step: logs and weights
+    to rtol 1e-4, and every trainable weight moved. Returns the 1-device logs."""
+    from msad_tf.training.strategy import mirrored_strategy
+
+    assert len(tf.config.list_logical_devices("CPU")) >= 2
+    keras.utils.set_random_seed(seed)
+    reference = build()
+    weights = reference.get_weights()
+    initial = [w.numpy() for w in reference.trainable_weights]
+    two = mirrored_strategy(["/cpu:0", "/cpu:1"])
+    assert two.num_replicas_in_sync == 2
+    logs1, w1 = one_step(tf.distribute.OneDeviceStrategy("/cpu:0"), build, weights, batch)
+    logs2, w2 = one_step(two, build, weights, batch)
+    assert set(logs1) == set(logs2)
+    for key in logs1:
+        np.testing.assert_allclose(logs2[key], logs1[key], rtol=1e-4, err_msg=key)
+    assert len(w1) == len(initial)
+    assert all(float(np.abs(a - b).max()) > 0 for a, b in zip(w1, initial))
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    return logs1
+
+
+TINY_DATA_MODEL = dict(
+    backbone="resnet_tiny", width=0.25, norm="bn", fpn_channels=16, head_convs=1, gn_groups=4,
+    size_ranges=[[0, 8], [8, 16], [16, 32], [32, 64], [64, 100000]],
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Synthetic COCO folder: 12 train and 2 val images of 64x64 px."""
+    from msad_tf.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    make_synthetic_dataset(root, num_train=12, num_val=2, image_size=64, seed=0, progress=False)
+    return root
+
+
+def tiny_train_config(data_root, model=None, **train):
+    """Config of a tiny float32 run on ``tiny_data`` (64 px, padded to 128): batch 2, 2 epochs
+    of 3 steps, backups every 2 steps; ``train`` and ``model`` entries override."""
+    from msad_tf.config import config_from_dict
+
+    values = dict(mode="single", batch_size=2, base_batch=2, base_lr=0.01, epochs=2, steps_per_epoch=3,
+                  warmup_steps=2, backup_every=2, seed=0, precision="float32")
+    values.update(train)
+    return config_from_dict({
+        "model": dict(TINY_DATA_MODEL, **(model or {})),
+        "data": dict(root=str(data_root), short_side=64, max_side=64, pad_multiple=128, max_boxes=8),
+        "train": values,
+    })
+
+
+def h5_arrays(path) -> dict:
+    """Every dataset of an HDF5 weights file, by its path inside the file."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+        )
+    return arrays
+
+
+def max_weight_difference(path_a, path_b) -> float:
+    """Largest absolute difference between two weights files of the same model."""
+    a, b = h5_arrays(path_a), h5_arrays(path_b)
+    assert a.keys() == b.keys()
+    assert a, f"{path_a} holds no arrays"
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]), initial=0.0)) for k in a)

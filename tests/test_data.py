@@ -277,6 +277,39 @@ def test_tfrecord_training_path_is_seeded(small_set, tmp_path):
     assert set(ids.tolist()) <= {1, 2, 3, 4, 5}
 
 
+@pytest.fixture
+def sharded(tmp_path):
+    """12 tiny images in 4 TFRecord shards (record i in shard i % 4); the glob pattern."""
+    images = [(f"im{i:02d}.png", noise_image(8, 8, i)) for i in range(12)]
+    data = write_coco(tmp_path, images, [(i, 1, [1, 1, 4, 4]) for i in range(12)])
+    prefix = str(tmp_path / "tfr" / "train")
+    write_tfrecords(data, prefix, num_shards=4, progress=False)
+    return prefix + "-*.tfrecord"
+
+
+def _epochs_of_ids(pattern, seed, num_parallel_calls, shuffle_buffer, epochs=2):
+    ds = build_dataset(
+        pattern, short_side=8, max_side=8, batch_size=1, training=True, repeat=True, seed=seed,
+        num_parallel_calls=num_parallel_calls, shuffle_buffer=shuffle_buffer, pad_multiple=8,
+    )
+    ids = [int(b["image_ids"][0]) for b in ds.take(12 * epochs)]
+    return [ids[12 * e : 12 * (e + 1)] for e in range(epochs)]
+
+
+@pytest.mark.parametrize("shuffle_buffer", [1, 512])
+def test_sharded_tfrecord_order_is_set_by_the_seed_alone(sharded, shuffle_buffer):
+    first, second = _epochs_of_ids(sharded, 0, 1, shuffle_buffer)
+    assert sorted(first) == sorted(second) == list(range(1, 13))
+    assert first != second
+    for calls in (4, tf.data.AUTOTUNE):
+        assert _epochs_of_ids(sharded, 0, calls, shuffle_buffer) == [first, second]
+    assert _epochs_of_ids(sharded, 1, 4, shuffle_buffer)[0] != first
+    if shuffle_buffer == 1:
+        files = [first[i] % 4 for i in range(4)]
+        assert sorted(files) == [0, 1, 2, 3]
+        assert all(first[i] % 4 == files[i % 4] for i in range(12))
+
+
 def test_no_tfrecords_matching(tmp_path):
     with pytest.raises(DatasetError, match="nothing-here"):
         pattern = str(tmp_path / "nothing-here-*.tfrecord")

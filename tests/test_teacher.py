@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_model_config, toy_batch
+from conftest import assert_two_replicas_match_one, tiny_model_config, toy_batch
 from msad_tf.config import Config, DataConfig
 from msad_tf.modeling.teacher import MultiScaleTeacher
-from msad_tf.training.strategy import mirrored_strategy
 
 
 def _teacher(seed=1, stage="joint", **overrides):
@@ -184,15 +183,6 @@ def test_config_round_trip():
         np.testing.assert_array_equal(b.numpy(), a.numpy())
 
 
-def _one_step(strategy, weights, batch):
-    with strategy.scope():
-        model = MultiScaleTeacher(tiny_model_config(norm="frozen_bn"), num_classes=3)
-        model.set_weights(weights)
-        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
-    history = model.fit(_dataset(batch), epochs=1, verbose=0)
-    return history.history, [w.numpy() for w in model.trainable_weights]
-
-
 def test_two_replicas_match_one():
     """Joint teacher step (three branches, globally normalised losses, fusion gradients).
 
@@ -200,24 +190,9 @@ def test_two_replicas_match_one():
     layer and pass when traced on 2 replicas (minutes on 2 CPU cores); its cross-replica
     behaviour with two passes per step is the aligned case of tests/test_distribute.py.
     """
-    assert len(tf.config.list_logical_devices("CPU")) >= 2
-    keras.utils.set_random_seed(1)
-    reference = MultiScaleTeacher(tiny_model_config(norm="frozen_bn"), num_classes=3)
-    weights = reference.get_weights()
-    initial = [w.numpy() for w in reference.trainable_weights]
-    batch = toy_batch(batch=4, size=128)
-    one = tf.distribute.OneDeviceStrategy("/cpu:0")
-    two = mirrored_strategy(["/cpu:0", "/cpu:1"])
-    assert two.num_replicas_in_sync == 2
-    logs1, w1 = _one_step(one, weights, batch)
-    logs2, w2 = _one_step(two, weights, batch)
-    assert set(logs1) == set(reference.loss_names())
-    for key in logs1:
-        np.testing.assert_allclose(logs2[key], logs1[key], rtol=1e-4, err_msg=key)
-    assert len(w1) == len(initial)
-    assert all(float(np.abs(a - b).max()) > 0 for a, b in zip(w1, initial))
-    for a, b in zip(w1, w2):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    build = lambda: MultiScaleTeacher(tiny_model_config(norm="frozen_bn"), num_classes=3)  # noqa: E731
+    logs = assert_two_replicas_match_one(build, toy_batch(batch=4, size=128))
+    assert set(logs) == set(build().loss_names())
 
 
 # ----------------------------------------------------------------------------- fusion analysis

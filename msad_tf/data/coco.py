@@ -7,8 +7,8 @@ class of a category is its position in the sorted list of the file's category id
 Bad-input policy
 ----------------
 Errors (``DatasetError``, a ``ValueError`` whose message names the offending file):
-  * the annotation file is missing, is not valid JSON, is not a JSON object, or lacks one of
-    the lists "images", "annotations", "categories";
+  * the annotation file is missing, empty (0 bytes), is not valid JSON, is not a JSON object,
+    or lacks one of the lists "images", "annotations", "categories";
   * "categories" is empty, a category or image entry lacks its id (or an image its file_name),
     or ids are duplicated;
   * every image of the file was skipped (nothing left to train or evaluate on).
@@ -20,6 +20,9 @@ Skipped and counted (``CocoDataset.skipped``, reason -> count; a one-line warnin
     * ``unsupported_format``: a readable image that ``tf.io.decode_image`` cannot decode
       (TIFF, ...); only JPEG, PNG, GIF, BMP and WebP are kept;
     * ``unknown_size``: no height/width in the file and ``check_images=False``;
+    * ``exif_rotated``: the EXIF orientation turns the image by 90 degrees and the file's
+      height/width are the turned size, so its boxes refer to the displayed image, not to the
+      stored pixels the pipeline decodes (see "EXIF orientation" below);
   annotations
     * ``malformed_annotation``: not an object, or no image_id/category_id/bbox of 4 numbers;
     * ``unknown_image``: image_id not in "images";
@@ -32,8 +35,15 @@ Repaired and counted (``CocoDataset.adjusted``):
   * ``box_clipped``: boxes partly outside the image are clipped to it;
   * ``size_mismatch``: the file's height/width differ from the image file's; the real size
     (from the image header) is used.
-Accepted as is: images without annotations (negatives), grayscale/RGBA/palette images (the
-pipeline decodes every image to 3 channels).
+Accepted as is: images without annotations (negatives); grayscale, palette, RGBA (alpha
+dropped, not composited), 16-bit (v >> 8) and CMYK JPEG images (the pipeline decodes every
+image to 8-bit RGB); any size down to 1x1 and any aspect ratio (the resize caps the long side).
+
+EXIF orientation: pixels are used in stored order, as ``tf.io.decode_image`` reads them (and
+so do the TFRecord path and the exported serving signatures: training and serving see the
+same pixels), and boxes and height/width are taken to refer to that order. Such images are
+kept and counted in ``CocoDataset.flagged["exif_orientation"]``, except the detectable case of
+boxes drawn on the turned image (``exif_rotated`` above). Needs ``check_images`` not False.
 
 Image checks (``check_images``):
   * ``"verify"``: PIL open + ``verify()`` (header and, for PNG, chunk checksums; no pixel
@@ -74,6 +84,8 @@ FULL_CHECK_LIMIT = 2000
 REQUIRED_LISTS = ("images", "annotations", "categories")
 _EXAMPLES_PER_REASON = 3
 _JPEG_TAIL_BYTES = 4096
+_EXIF_ORIENTATION = 0x0112
+_EXIF_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 
 class DatasetError(ValueError):
@@ -100,6 +112,8 @@ def load_coco_json(ann_file: str) -> dict:
     """The parsed annotation file, checked for the three COCO lists; DatasetError otherwise."""
     if not os.path.isfile(ann_file):
         raise DatasetError(f"{ann_file}: annotation file not found")
+    if os.path.getsize(ann_file) == 0:
+        raise DatasetError(f"{ann_file}: annotation file is empty (0 bytes)")
     try:
         with open(ann_file, "rb") as f:
             data = json.load(f)
@@ -156,24 +170,42 @@ def _jpeg_has_end_marker(path: str) -> bool:
         return b"\xff\xd9" in f.read()
 
 
-def check_image(path: str, full: bool) -> tuple[str | None, tuple[int, int] | None]:
-    """(skip reason or None, (height, width) or None) of one image file; see module docstring."""
+def check_image(path: str, full: bool) -> tuple[str | None, tuple[int, int] | None, int]:
+    """(skip reason or None, stored (height, width) or None, EXIF orientation 1..8) of one
+    image file; see module docstring."""
+    orientation = 1
     try:
         with Image.open(path) as im:
             fmt, (width, height) = im.format, im.size
+            orientation = _exif_orientation(im)
             im.verify()
         if fmt not in TF_DECODABLE_FORMATS:
-            return "unsupported_format", None
+            return "unsupported_format", None, orientation
         if fmt in ("JPEG", "MPO") and not _jpeg_has_end_marker(path):
-            return "corrupt_image", None
+            return "corrupt_image", None, orientation
         if full:
             with Image.open(path) as im:
                 im.load()
     except FileNotFoundError:
-        return "missing_image_file", None
+        return "missing_image_file", None, orientation
     except Exception:
-        return "corrupt_image", None
-    return None, (height, width)
+        return "corrupt_image", None, orientation
+    return None, (height, width), orientation
+
+
+def _exif_orientation(im) -> int:
+    """EXIF orientation from the header read by ``Image.open`` (no pixel load, so ``verify``
+    can follow); 1 when absent or unreadable."""
+    raw = im.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        value = exif.get(_EXIF_ORIENTATION, 1)
+    except Exception:
+        return 1
+    return value if _is_int(value) and 1 <= value <= 8 else 1
 
 
 def _check_mode(check_images, num_images: int) -> str | None:
@@ -200,6 +232,8 @@ class CocoDataset:
       skipped: collections.Counter reason -> number of images or annotations dropped.
       skipped_files: reason -> the first few file names concerned.
       adjusted: collections.Counter of repairs (``box_clipped``, ``size_mismatch``).
+      flagged: collections.Counter of images kept as they are but worth a look
+        (``exif_orientation``: EXIF orientation other than 1, ignored).
     """
 
     def __init__(self, ann_file, image_dir, *, check_images=True, skip_crowd=True):
@@ -211,6 +245,7 @@ class CocoDataset:
         self.skipped: collections.Counter = collections.Counter()
         self.skipped_files: dict[str, list[str]] = {}
         self.adjusted: collections.Counter = collections.Counter()
+        self.flagged: collections.Counter = collections.Counter()
 
         data = load_coco_json(self.ann_file)
         _check_entries(self.ann_file, data["categories"], "categories", ())
@@ -227,6 +262,7 @@ class CocoDataset:
         self.num_classes = len(self.category_ids)
 
         images = data["images"]
+        self.num_file_images = len(images)
         image_ids = {img["id"] for img in images}
         annotations = self._evaluable_annotations(data["annotations"], images, image_ids)
         data = dict(data, annotations=annotations)
@@ -276,6 +312,19 @@ class CocoDataset:
     def num_boxes(self) -> int:
         return int(sum(len(r.classes) for r in self.records))
 
+    def summary(self) -> dict:
+        """What was loaded and what was skipped, repaired or flagged, as plain JSON types."""
+        return {
+            "ann_file": self.ann_file,
+            "images_in_file": self.num_file_images,
+            "images": len(self.records),
+            "boxes": self.num_boxes,
+            "classes": self.num_classes,
+            "skipped": dict(sorted(self.skipped.items())),
+            "adjusted": dict(sorted(self.adjusted.items())),
+            "flagged": dict(sorted(self.flagged.items())),
+        }
+
     def _skip(self, reason: str, file_name: str) -> None:
         self.skipped[reason] += 1
         examples = self.skipped_files.setdefault(reason, [])
@@ -320,14 +369,15 @@ class CocoDataset:
         paths = [os.path.join(self.image_dir, img["file_name"]) for img in images]
         if mode is None:
             results = [
-                (None, None) if os.path.isfile(p) else ("missing_image_file", None) for p in paths
+                (None, None, 1) if os.path.isfile(p) else ("missing_image_file", None, 1)
+                for p in paths
             ]
         else:
             workers = min(8, 2 * (os.cpu_count() or 1))
             with ThreadPoolExecutor(workers) as pool:
                 results = list(pool.map(lambda p: check_image(p, mode == "full"), paths))
         sizes = {}
-        for img, (reason, size) in zip(images, results):
+        for img, (reason, size, orientation) in zip(images, results):
             declared = (img.get("height"), img.get("width"))
             declared_ok = all(_is_int(v) and v > 0 for v in declared)
             if reason is None and size is None:
@@ -335,6 +385,13 @@ class CocoDataset:
                     size = (int(declared[0]), int(declared[1]))
                 else:
                     reason = "unknown_size"
+            if reason is None and orientation != 1:
+                turned = (size[1], size[0])
+                if (orientation in _EXIF_QUARTER_TURNS and declared_ok and size != turned
+                        and tuple(declared) == turned):
+                    reason = "exif_rotated"
+                else:
+                    self.flagged["exif_orientation"] += 1
             if reason is not None:
                 self._skip(reason, img["file_name"])
                 sizes[img["id"]] = None
@@ -379,6 +436,8 @@ class CocoDataset:
         )
         if self.adjusted:
             head += f"; adjusted: {self._describe(self.adjusted)}"
+        if self.flagged:
+            head += f"; flagged: {self._describe(self.flagged)}"
         if not self.skipped:
             log.info("%s; nothing skipped", head)
             return

@@ -9,6 +9,12 @@ the batch up to a multiple of ``pad_multiple``.
 Randomness is stateless: element i of the (shuffled, repeated) stream uses the seed
 (seed, i), so a given seed gives the same batches whatever the parallelism (with several
 input pipelines, i counts across them so no two pipelines draw the same jitter).
+
+TFRecord shards (the large-dataset path): the sorted file list is shuffled with the seed when
+training, read by an ordered parallel interleave (``min(files, 16)`` files open, one record
+from each in turn, ``num_parallel_calls`` readers), then shuffled in a seeded buffer of
+``shuffle_buffer`` records. Every record is read exactly once per epoch, and the order depends
+only on the seed (not on the parallelism); each epoch of a repeated stream is reshuffled.
 """
 from __future__ import annotations
 
@@ -141,7 +147,7 @@ def build_dataset(
         list of file names, which costs nothing).
       seed: seed of the shuffle, the jitter and the flips.
       num_parallel_calls, deterministic: parallelism of the map/interleave; ``deterministic``
-        None keeps tf.data's default (ordered).
+        None keeps the order (tf.data's default), so the stream depends only on ``seed``.
       drop_remainder: default ``training``.
       repeat: repeat forever (each pass reshuffled when training).
       input_context: a tf.distribute.InputContext (from ``distribute_datasets_from_function``):
@@ -187,7 +193,7 @@ def build_dataset(
             cycle_length=min(num_files, MAX_INTERLEAVE_CYCLE),
             block_length=1,
             num_parallel_calls=num_parallel_calls,
-            deterministic=deterministic,
+            deterministic=True if deterministic is None else deterministic,
         )
         if shards > 1 and not shard_files:
             ds = ds.shard(shards, shard_index)

@@ -122,3 +122,122 @@ def format_train_benchmark(result: dict) -> str:
             "(>= 3x means the model never waits for data)"
         )
     return "\n".join(lines)
+
+
+DATA_PARALLEL_CALLS = (1, 2, 4, tf.data.AUTOTUNE)
+
+
+def _parallel_label(value: int) -> str:
+    return "AUTOTUNE" if value == tf.data.AUTOTUNE else str(value)
+
+
+def _time_pipeline(dataset, batch_size: int, batches: int, warmup: int) -> tuple[float, float]:
+    """(images/s, cores used = process CPU seconds per wall second) over ``batches`` batches."""
+    iterator = iter(dataset)
+    for _ in range(warmup):
+        next(iterator)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        next(iterator)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return batches * batch_size / wall, cpu / wall
+
+
+def benchmark_data(config, parallel_calls=DATA_PARALLEL_CALLS, sources=("folder", "tfrecord"),
+                   batches: int = 30, warmup: int = 5, rounds: int = 3, shards: int = 8,
+                   progress: bool = True) -> dict:
+    """Images/s of the training input pipeline per source and ``num_parallel_calls``.
+
+    The pipeline is ``make_train_dataset`` (decode, jitter-resize, flip, normalize, batch,
+    pad; shuffled and repeated) on the configured train split, read from the image folder and
+    from TFRecord shards (``data.train_tfrecords``, or ``shards`` shards written to a temporary
+    directory). Every (source, num_parallel_calls) pipeline is timed ``rounds`` times, the
+    rounds interleaved so the machine's drift spreads evenly, and the median is kept; ratios
+    are against num_parallel_calls = 1 of the same source.
+
+    Returns dict(batch_size, resolution, jitter, images (in the split), cpu_count, batches,
+    rounds, tfrecords, rows=[{source, num_parallel_calls, images_per_second, cores_used
+    (process CPU seconds per wall second, median), rounds: [images/s...], ratio_to_1}]).
+    """
+    import copy
+    import os
+    import tempfile
+
+    from msad_tf.data.tfrecords import write_tfrecords
+    from msad_tf.training.train import load_split, make_train_dataset
+
+    if not parallel_calls:
+        raise ValueError("parallel_calls is empty")
+    unknown = sorted(set(sources) - {"folder", "tfrecord"})
+    if unknown:
+        raise ValueError(f"unknown source(s) {unknown}: choose folder and/or tfrecord")
+    train_data = load_split(config, config.data.train_split)
+    batch_size = config.train.batch_size
+    with tempfile.TemporaryDirectory(prefix="msad_bench_data_") as tmp:
+        tfrecords = config.data.train_tfrecords
+        tfrecords_label = tfrecords if "tfrecord" in sources else None
+        if "tfrecord" in sources and not tfrecords:
+            tfrecords_label = f"{shards} shards written to a temporary directory"
+            prefix = os.path.join(tmp, "train")
+            write_tfrecords(train_data, prefix, shards, progress=False)
+            tfrecords = f"{prefix}-*-of-{shards:05d}.tfrecord"
+        variants = []
+        for source in sources:
+            for calls in parallel_calls:
+                variant = copy.deepcopy(config)
+                variant.data.train_tfrecords = tfrecords if source == "tfrecord" else None
+                variant.data.num_parallel_calls = int(calls)
+                variants.append((source, int(calls), make_train_dataset(variant, train_data, batch_size)))
+        times = {(source, calls): [] for source, calls, _ in variants}
+        cores = {(source, calls): [] for source, calls, _ in variants}
+        for round_index in range(rounds):
+            order = variants if round_index % 2 == 0 else variants[::-1]
+            for source, calls, dataset in order:
+                ips, used = _time_pipeline(dataset, batch_size, batches, warmup)
+                times[(source, calls)].append(ips)
+                cores[(source, calls)].append(used)
+                if progress:
+                    print(f"  round {round_index + 1}/{rounds} {source:<9} "
+                          f"{_parallel_label(calls):>8}  {ips:7.1f} images/s  {used:4.2f} cores",
+                          flush=True)
+    rows = []
+    for source, calls, _ in variants:
+        rows.append({
+            "source": source,
+            "num_parallel_calls": _parallel_label(calls),
+            "images_per_second": float(np.median(times[(source, calls)])),
+            "cores_used": float(np.median(cores[(source, calls)])),
+            "rounds": times[(source, calls)],
+        })
+    for row in rows:
+        base = [r for r in rows if r["source"] == row["source"] and r["num_parallel_calls"] == "1"]
+        row["ratio_to_1"] = row["images_per_second"] / base[0]["images_per_second"] if base else None
+    return {
+        "batch_size": batch_size,
+        "resolution": list(config.high_resolution()),
+        "jitter": list(config.data.jitter),
+        "images": len(train_data.records),
+        "cpu_count": os.cpu_count(),
+        "batches": batches,
+        "rounds": rounds,
+        "tfrecords": tfrecords_label,
+        "rows": rows,
+    }
+
+
+def format_data_benchmark(result: dict) -> str:
+    lines = [
+        f"training pipeline: {result['images']} images, batch {result['batch_size']}, "
+        f"short/max side {result['resolution']}, jitter {result['jitter']}, "
+        f"{result['cpu_count']} CPU cores; median of {result['rounds']} rounds x "
+        f"{result['batches']} batches; TFRecords: {result['tfrecords']}",
+        f"{'source':<9} {'num_parallel_calls':>18} {'images/s':>9} {'x calls=1':>10} {'cores used':>11}",
+    ]
+    for row in result["rows"]:
+        ratio = row["ratio_to_1"]
+        lines.append(
+            f"{row['source']:<9} {row['num_parallel_calls']:>18} {row['images_per_second']:9.1f} "
+            + (f"{ratio:10.2f}" if ratio is not None else f"{'-':>10}")
+            + f" {row['cores_used']:11.2f}"
+        )
+    return "\n".join(lines)

@@ -7,9 +7,12 @@ Layout::
       categories.json      dataset category ids and names, in contiguous-class order
       model.weights.h5     final weights
       checkpoints/         per-epoch weights (epoch_001.weights.h5, ...)
+      backup/              step backups while training (removed when the run finishes; non-chief
+                           multi-worker workers in backup/worker_<i>/), see training/callbacks.py
       logs/                TensorBoard event files
       history.csv          per-epoch training metrics
-      metrics.json         evaluation results, keyed by model/resolution
+      metrics.json         evaluation results, keyed by model/resolution; "data/train": the
+                           training set's images, boxes and skip/repair counts; "train": time
 """
 from __future__ import annotations
 
@@ -49,6 +52,72 @@ def build_student(config: Config, num_classes: int):
         config.model, num_classes, train_mode="single",
         inference_shift=shift if config.train.aligned else 0, name="student",
     )
+
+
+class CategoryMismatchError(ValueError):
+    """A dataset whose categories are not the ones a run's model was trained on."""
+
+
+def _ids_text(ids) -> str:
+    ids = list(ids)
+    return str(ids) if len(ids) <= 12 else f"[{', '.join(map(str, ids[:12]))}, ... ({len(ids)})]"
+
+
+def check_categories(run_dir: str | Path, dataset, hint: str = "") -> None:
+    """Raise CategoryMismatchError unless ``dataset`` has the run's categories, in the same order.
+
+    The model's class c is category ``ids[c]`` of RUN_DIR/categories.json; a dataset whose sorted
+    category ids (or their names) differ would map every class to the wrong category.
+
+    Args:
+      run_dir: a run directory (with categories.json).
+      dataset: anything with ``category_ids`` and ``category_names`` (a CocoDataset).
+      hint: appended to the message (what to do instead).
+    """
+    ids, names = read_categories(run_dir)
+    data_ids = [int(i) for i in dataset.category_ids]
+    data_names = [str(n) for n in dataset.category_names]
+    where = getattr(dataset, "ann_file", "the dataset")
+    if data_ids != [int(i) for i in ids]:
+        only_data = sorted(set(data_ids) - set(ids))
+        only_run = sorted(set(ids) - set(data_ids))
+        raise CategoryMismatchError(
+            f"{where}: categories {_ids_text(data_ids)} ({len(data_ids)} classes) do not match "
+            f"the run {run_dir}, trained on {_ids_text(ids)} ({len(ids)} classes); only in the "
+            f"dataset: {_ids_text(only_data)}, only in the run: {_ids_text(only_run)}{hint}"
+        )
+    renamed = [(i, a, b) for i, a, b in zip(ids, names, data_names) if a != b]
+    if renamed:
+        examples = ", ".join(f"id {i}: run '{a}' vs dataset '{b}'" for i, a, b in renamed[:3])
+        raise CategoryMismatchError(
+            f"{where}: {len(renamed)} category names differ from the run {run_dir} ({examples})"
+            f"{hint}"
+        )
+
+
+def has_trained_weights(run_dir: str | Path) -> bool:
+    """Whether RUN_DIR holds final, per-epoch or backup (resume) weights of a model."""
+    run_dir = Path(run_dir)
+    return (
+        (run_dir / WEIGHTS_FILE).is_file()
+        or any((run_dir / "checkpoints").glob("*.weights.h5"))
+        or any((run_dir / "backup").rglob("*.weights.h5"))
+    )
+
+
+def record_train_data(run_dir: str | Path, dataset) -> None:
+    """Before training into ``run_dir``: refuse a run directory that holds a model trained on
+    other categories, then write categories.json and ``dataset.summary()`` (images, boxes,
+    skipped/adjusted/flagged counts) under "data/train" in metrics.json."""
+    if Path(run_dir, CATEGORIES_FILE).is_file() and has_trained_weights(run_dir):
+        check_categories(
+            run_dir, dataset,
+            hint="; the run directory already holds weights for its categories: train into a "
+                 "new run directory or delete this one",
+        )
+    write_categories(run_dir, dataset.category_ids, dataset.category_names)
+    if hasattr(dataset, "summary"):
+        update_metrics(run_dir, "data/train", dataset.summary())
 
 
 def write_categories(run_dir: str | Path, category_ids, category_names) -> None:
