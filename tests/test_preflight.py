@@ -178,8 +178,10 @@ def test_training_into_a_run_dir_of_other_categories_is_refused(bad_run, other_c
     shutil.copytree(run, copy_dir)
     categories = (copy_dir / "categories.json").read_text()
     weights = (copy_dir / "model.weights.h5").read_bytes()
+    saved_config = (copy_dir / "config.yaml").read_text()
     with pytest.raises(runs.CategoryMismatchError, match="train into a new run directory or delete this one"):
         train(_tiny_config(other_categories), copy_dir, progress=False)
+    assert (copy_dir / "config.yaml").read_text() == saved_config
     assert (copy_dir / "categories.json").read_text() == categories
     assert (copy_dir / "model.weights.h5").read_bytes() == weights
 

@@ -281,7 +281,6 @@ def train(config: Config, run_dir: str | Path, progress: bool = True, callbacks=
             backup_dir = run_dir / "backup" / f"worker_{index}"
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "checkpoints").mkdir(exist_ok=True)
-        config.save(out_dir / runs.CONFIG_FILE)
         keras.mixed_precision.set_global_policy(config.train.precision)
         return _train(config, strategy, out_dir, backup_dir, progress, callbacks)
     finally:
@@ -294,6 +293,7 @@ def _train(config: Config, strategy, run_dir: Path, backup_dir: Path, progress: 
     t = config.train
     train_data = load_split(config, config.data.train_split)
     runs.record_train_data(run_dir, train_data)
+    config.save(run_dir / runs.CONFIG_FILE)
     global_batch = t.batch_size
     if global_batch % strategy.num_replicas_in_sync:
         raise ValueError(
