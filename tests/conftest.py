@@ -16,6 +16,7 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 
 from msad_tf.config import ModelConfig  # noqa: E402
+from msad_tf.training.launch import h5_arrays  # noqa: E402,F401
 
 TINY_RANGES = [[0, 20], [20, 40], [40, 80], [80, 160], [160, 1e8]]
 
@@ -118,18 +119,6 @@ def tiny_train_config(data_root, model=None, **train):
         "data": dict(root=str(data_root), short_side=64, max_side=64, pad_multiple=128, max_boxes=8),
         "train": values,
     })
-
-
-def h5_arrays(path) -> dict:
-    """Every dataset of an HDF5 weights file, by its path inside the file."""
-    import h5py
-
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
-        )
-    return arrays
 
 
 def max_weight_difference(path_a, path_b) -> float:

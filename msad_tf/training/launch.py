@@ -115,7 +115,8 @@ def launch_local_workers(
     return [p.returncode for p in procs]
 
 
-def _weights(path) -> dict:
+def h5_arrays(path) -> dict:
+    """Every dataset of an HDF5 weights file, by its path inside the file."""
     import h5py
 
     arrays = {}
@@ -146,7 +147,7 @@ def compare_worker_counts(
         codes = launch_local_workers(command, n, log_dir=Path(out_dir) / f"workers_{n}.logs", timeout=timeout)
         if any(codes):
             raise RuntimeError(f"{n} workers: exit codes {codes}; logs in {Path(out_dir) / f'workers_{n}.logs'}")
-        weights = _weights(run_dir / "model.weights.h5")
+        weights = h5_arrays(run_dir / "model.weights.h5")
         train = json.loads((run_dir / "metrics.json").read_text())["train"]
         row = {"workers": n, "step_seconds_median": train.get("step_seconds_median"), "steps": train["steps"]}
         reference = reference or weights
