@@ -51,6 +51,7 @@ SUITES = {
         ("student_target_low", "student, teacher target = aligned low-res pyramid",
          _STUDENT + ["train.teacher_target=low"], ("low",)),
         ("student_no_kd", "student without KD (gamma 0, teacher init)", _STUDENT + ["train.gamma=0"], ("low",)),
+        ("student_tau1", "student msad_l1 aligned, tau 1", _STUDENT + ["train.tau=1"], ("low",)),
     ),
     "budget": (
         ("vanilla_2x", "vanilla multi-scale, 2x steps",
