@@ -13,6 +13,8 @@ Suites
             rows clip the global gradient norm at 10: without it SKD diverged (NaN) at step 86.
   budget    vanilla and aligned multi-scale at twice the demo budget (does aligned L overtake
             vanilla L with more steps?).
+  equal     equal total training: teacher 800 steps + student 800 steps against vanilla
+            multi-scale 1600 steps (the student inherits the teacher's training).
   k4        k = 4 (L = H / 4, the low-res branch reads P1'..P5'): teacher and student.
   seeds     vanilla and aligned multi-scale and the C-FF teacher again with seed 1: the run-to-run
             spread that the differences in the other tables must be read against.
@@ -58,6 +60,19 @@ SUITES = {
          ["train.mode=vanilla_multiscale", "train.epochs=8", "train.lr_decay_epochs=[5.6,7.2]"], ("high", "low")),
         ("aligned_2x", "aligned multi-scale, 2x steps",
          ["train.mode=aligned", "train.epochs=8", "train.lr_decay_epochs=[5.6,7.2]"], ("high", "low")),
+    ),
+    "equal": (
+        ("teacher_2x", "teacher C-FF, 2x steps",
+         ["train.mode=teacher", "train.epochs=8", "train.lr_decay_epochs=[5.6,7.2]"], ("high", "low")),
+        ("student_2x", "student msad_l1 (teacher 2x), 2x steps",
+         ["train.mode=student", "train.teacher_run={out}/teacher_2x", "train.epochs=8",
+          "train.lr_decay_epochs=[5.6,7.2]"], ("low",)),
+        ("student_2x_no_kd", "student without KD (teacher 2x, gamma 0), 2x steps",
+         ["train.mode=student", "train.teacher_run={out}/teacher_2x", "train.epochs=8",
+          "train.lr_decay_epochs=[5.6,7.2]", "train.gamma=0"], ("low",)),
+        ("vanilla_4x", "vanilla multi-scale, 4x steps",
+         ["train.mode=vanilla_multiscale", "train.epochs=16", "train.lr_decay_epochs=[11.2,14.4]"],
+         ("high", "low")),
     ),
     "k4": (
         ("teacher_k4", "teacher C-FF, k = 4", ["train.mode=teacher", "model.k=4"], ("high", "low")),

@@ -306,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablation", help="ablation suites (paper Tables 1-3) at demo scale")
     _add_config_args(p, default_config="configs/demo.yaml")
-    p.add_argument("suite", nargs="+", choices=["teacher", "student", "budget", "k4", "seeds"],
+    p.add_argument("suite", nargs="+", choices=["teacher", "student", "budget", "equal", "k4", "seeds"],
                    help="teacher: aligned + fusion variants; student: distillation losses, teacher "
-                        "targets, no-KD control; budget: vanilla vs aligned at 2x steps; k4: teacher and student with k = 4; seeds: seed-1 repeats (run-to-run spread)")
+                        "targets, no-KD control; budget: vanilla vs aligned at 2x steps; equal: teacher + student vs vanilla at equal total steps; k4: teacher and student with k = 4; seeds: seed-1 repeats (run-to-run spread)")
     p.add_argument("--out", default="runs/demo", help="run directory shared with the demo (runs are reused)")
     p.add_argument("--data", default="data/msad_synth")
     p.add_argument("--only", nargs="+", help="run names of the suite to do")
