@@ -61,6 +61,11 @@ def export_and_benchmark(run_dir, out, name: str = STUDENT_RUN, **benchmark_args
     return result, format_benchmark(result)
 
 
+def _values(values) -> str:
+    """'400' for one value, '400 / 800 / 1600' when the runs of a table differ."""
+    return " / ".join(str(v) for v in sorted(values))
+
+
 def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth",
              overrides=None, force=False, runs_to_do=DEMO_RUNS, results_name="results", title=None,
              export_student: bool = True):
@@ -81,10 +86,13 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
     base = [f"data.root={data_root}"] + list(overrides or [])
     table = {}
     timings = {}
+    steps, low_sides = set(), set()
     val = None
     for name, label, run_overrides, resolutions in runs_to_do:
         config = load_config(config_path, base + [o.format(out=out) for o in run_overrides])
         run_dir = out / name
+        steps.add(config.train.epochs * config.train.steps_per_epoch)
+        low_sides.add(config.low_resolution()[0])
         if force or not (run_dir / runs.WEIGHTS_FILE).is_file():
             print(f"== training {label} ({config.train.epochs} epochs x {config.train.steps_per_epoch} steps)",
                   flush=True)
@@ -100,8 +108,8 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
             runs.update_metrics(run_dir, row, metrics)
         table.update(rows)
     text = format_table(table, title=(title or "COCO metrics") + f" on {data_root} (val), "
-                        f"H = {config.data.short_side}px, L = {config.data.short_side // config.model.k}px, "
-                        f"{config.train.epochs * config.train.steps_per_epoch} steps per run")
+                        f"H = {config.data.short_side}px, L = {_values(low_sides)}px, "
+                        f"{_values(steps)} steps per run")
     print()
     print(text)
     (out / f"{results_name}.json").write_text(json.dumps({"table": table, "train_seconds": timings}, indent=2))
