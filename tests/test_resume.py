@@ -28,8 +28,8 @@ class Interrupt(Exception):
     pass
 
 
-class InterruptAt(keras.callbacks.Callback):
-    """Raise ``Interrupt`` after global step ``step`` (the run's steps counted from 1)."""
+class AtStep(keras.callbacks.Callback):
+    """Calls ``act()`` after global step ``step`` (the run's steps counted from 1)."""
 
     def __init__(self, step):
         super().__init__()
@@ -38,21 +38,22 @@ class InterruptAt(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.seen += 1
         if self.seen == self.step:
-            raise Interrupt(self.step)
+            self.act()
 
 
-class PoisonAt(keras.callbacks.Callback):
+class InterruptAt(AtStep):
+    """Raise ``Interrupt`` after step ``step``."""
+
+    def act(self):
+        raise Interrupt(self.step)
+
+
+class PoisonAt(AtStep):
     """Set the classification logits' bias to NaN after step ``step``."""
 
-    def __init__(self, step):
-        super().__init__()
-        self.step, self.seen = step, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.step:
-            bias = self.model.head.cls_logits.bias
-            bias.assign(np.full(bias.shape, np.nan, np.float32))
+    def act(self):
+        bias = self.model.head.cls_logits.bias
+        bias.assign(np.full(bias.shape, np.nan, np.float32))
 
 
 def _history(run_dir):

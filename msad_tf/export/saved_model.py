@@ -29,6 +29,8 @@ from msad_tf.data.preprocess import normalize_image, pad_to_multiple, resize_ima
 EXPORT_INFO_FILE = "msad_export.json"
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 RESOLUTIONS = ("high", "low")
+_PREPARED = (tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([2], tf.int32))
+"""Signature of one image after ``_prepare``: padded normalised image, resized (h, w)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,14 +188,7 @@ class DetectionModule(tf.Module):
     def _serve_images(self, images):
         """images uint8 [B, H, W, 3], one size for the whole batch -> OD API dict."""
         images = _checked_input(images, [None, None, None, 3], "images", "[batch, height, width, 3]")
-        canvases, sizes = tf.map_fn(
-            self._prepare,
-            images,
-            fn_output_signature=(
-                tf.TensorSpec([None, None, 3], tf.float32),
-                tf.TensorSpec([2], tf.int32),
-            ),
-        )
+        canvases, sizes = tf.map_fn(self._prepare, images, fn_output_signature=_PREPARED)
         return self._detect_prepared(canvases, sizes)
 
     def _serve_image_bytes(self, image_bytes):
@@ -204,14 +199,7 @@ class DetectionModule(tf.Module):
             image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
             return self._prepare(tf.ensure_shape(image, [None, None, 3]))
 
-        canvases, sizes = tf.map_fn(
-            decode,
-            image_bytes,
-            fn_output_signature=(
-                tf.TensorSpec([None, None, 3], tf.float32),
-                tf.TensorSpec([2], tf.int32),
-            ),
-        )
+        canvases, sizes = tf.map_fn(decode, image_bytes, fn_output_signature=_PREPARED)
         return self._detect_prepared(canvases, sizes)
 
     def _prepare(self, image):
