@@ -16,6 +16,9 @@ from typing import Any
 import yaml
 
 
+FPN_INITS = ("c2_xavier", "he_uniform")
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used."""
 
@@ -26,13 +29,22 @@ class ModelConfig:
 
     ``head_levels`` are the pyramid levels the head reads at high resolution; the aligned
     low-resolution branch reads them shifted down by m = log2(k).
+    ``bn_momentum`` is Keras's BatchNorm momentum (0.9 = PyTorch's 0.1, as in Detectron2);
+    ``fpn_init`` the FPN conv initializer: ``c2_xavier`` (Detectron2's c2_xavier_fill, uniform
+    with bound sqrt(3 / fan_in)) or ``he_uniform`` (sqrt(2) larger).
+    Speed-ups that do not change the model's function (``msad benchmark train`` measures
+    them): ``fused_bn`` trains BatchNorm with TensorFlow's fused kernel; ``batch_heads`` runs
+    the head once over the batch concatenation of branches whose levels have equal sizes
+    (aligned high/low, teacher high/low/fused): GroupNorm is per image, so this is exact.
     """
 
     backbone: str = "resnet50"
     width: float = 1.0
     backbone_weights: str | None = None
     norm: str = "sync_bn"
+    bn_momentum: float = 0.9
     fpn_channels: int = 256
+    fpn_init: str = "c2_xavier"
     head_levels: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
     k: int = 2
     head_convs: int = 4
@@ -51,6 +63,8 @@ class ModelConfig:
     fusion: str = "cff"
     fusion_reduction: int = 16
     fusion_shared: bool = True
+    fused_bn: bool = True
+    batch_heads: bool = True
 
 
 @dataclass
@@ -272,6 +286,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.backbone '{m.backbone}' unknown")
     if m.width not in (0.25, 0.5, 0.75, 1.0):
         raise ConfigError(f"model.width {m.width}: choose 0.25, 0.5, 0.75 or 1.0")
+    if m.fpn_init not in FPN_INITS:
+        raise ConfigError(f"model.fpn_init '{m.fpn_init}': choose {' or '.join(FPN_INITS)}")
+    if not 0.0 <= m.bn_momentum < 1.0:
+        raise ConfigError(f"model.bn_momentum {m.bn_momentum} must be in [0, 1)")
     if m.norm not in ("sync_bn", "bn", "frozen_bn"):
         raise ConfigError(f"model.norm '{m.norm}': choose sync_bn, bn or frozen_bn")
     if m.fusion not in ("cff", "sigmoid", "channel", "sc_sum", "cc"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import keras
 
+from msad_tf.modeling.norm import DETECTRON2_BN_MOMENTUM, BatchNorm
+
 _STAGES = {
     "resnet_tiny": ("basic", (1, 1, 1, 1)),
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -20,9 +22,9 @@ _APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101"}
 _BN_EPSILON = 1.001e-5
 
 
-def _norm(name: str, norm: str):
-    layer = keras.layers.BatchNormalization(
-        epsilon=_BN_EPSILON, synchronized=(norm == "sync_bn"), name=name
+def _norm(name: str, norm: str, momentum: float = DETECTRON2_BN_MOMENTUM, fused: bool = True):
+    layer = (BatchNorm if fused else keras.layers.BatchNormalization)(
+        momentum=momentum, epsilon=_BN_EPSILON, synchronized=(norm == "sync_bn"), name=name
     )
     if norm == "frozen_bn":
         layer.trainable = False
@@ -43,33 +45,33 @@ def _strided(x, filters, kernel, stride, name):
     return _conv(filters, kernel, stride, name)(x)
 
 
-def _bottleneck(x, filters, stride, norm, name, project):
+def _bottleneck(x, filters, stride, make_norm, name, project):
     shortcut = x
     if project:
         shortcut = _conv(4 * filters, 1, stride, name + "_0_conv")(x)
-        shortcut = _norm(name + "_0_bn", norm)(shortcut)
+        shortcut = make_norm(name + "_0_bn")(shortcut)
     x = _conv(filters, 1, stride, name + "_1_conv")(x)
-    x = _norm(name + "_1_bn", norm)(x)
+    x = make_norm(name + "_1_bn")(x)
     x = keras.layers.Activation("relu", name=name + "_1_relu")(x)
     x = _conv(filters, 3, 1, name + "_2_conv")(x)
-    x = _norm(name + "_2_bn", norm)(x)
+    x = make_norm(name + "_2_bn")(x)
     x = keras.layers.Activation("relu", name=name + "_2_relu")(x)
     x = _conv(4 * filters, 1, 1, name + "_3_conv")(x)
-    x = _norm(name + "_3_bn", norm)(x)
+    x = make_norm(name + "_3_bn")(x)
     x = keras.layers.Add(name=name + "_add")([shortcut, x])
     return keras.layers.Activation("relu", name=name + "_out")(x)
 
 
-def _basic(x, filters, stride, norm, name, project):
+def _basic(x, filters, stride, make_norm, name, project):
     shortcut = x
     if project:
         shortcut = _conv(filters, 1, stride, name + "_0_conv")(x)
-        shortcut = _norm(name + "_0_bn", norm)(shortcut)
+        shortcut = make_norm(name + "_0_bn")(shortcut)
     x = _strided(x, filters, 3, stride, name + "_1_conv")
-    x = _norm(name + "_1_bn", norm)(x)
+    x = make_norm(name + "_1_bn")(x)
     x = keras.layers.Activation("relu", name=name + "_1_relu")(x)
     x = _conv(filters, 3, 1, name + "_2_conv")(x)
-    x = _norm(name + "_2_bn", norm)(x)
+    x = make_norm(name + "_2_bn")(x)
     x = keras.layers.Add(name=name + "_add")([shortcut, x])
     return keras.layers.Activation("relu", name=name + "_out")(x)
 
@@ -82,12 +84,14 @@ def stage_channels(name: str, width: float) -> tuple[int, ...]:
 
 
 def build_resnet(
-    name: str = "resnet50", width: float = 1.0, norm: str = "sync_bn", weights: str | None = None
+    name: str = "resnet50", width: float = 1.0, norm: str = "sync_bn", weights: str | None = None,
+    bn_momentum: float = DETECTRON2_BN_MOMENTUM, fused_bn: bool = True,
 ) -> keras.Model:
     """Functional ResNet: images [B, H, W, 3] -> [C1, C2, C3, C4, C5].
 
     C1 has stride 2 (stem conv), C2..C5 strides 4..32 with ``stage_channels(name, width)``
-    channels. ``weights="imagenet"`` loads keras.applications weights by layer name (width 1.0
+    channels. ``bn_momentum`` is Keras's (0.9 = PyTorch's 0.1, Detectron2's default).
+    ``weights="imagenet"`` loads keras.applications weights by layer name (width 1.0
     ResNet-50/101 only; needs a network the first time).
     """
     if name not in _STAGES:
@@ -98,11 +102,15 @@ def build_resnet(
             f"not {name} at width {width}"
         )
     kind, blocks = _STAGES[name]
+
+    def make_norm(layer_name):
+        return _norm(layer_name, norm, bn_momentum, fused_bn)
+
     block_fn = _bottleneck if kind == "bottleneck" else _basic
     base = int(64 * width)
     inputs = keras.Input((None, None, 3), name="images")
     x = _strided(inputs, base, 7, 2, "conv1_conv")
-    x = _norm("conv1_bn", norm)(x)
+    x = make_norm("conv1_bn")(x)
     c1 = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(c1)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
@@ -114,7 +122,7 @@ def build_resnet(
         for block in range(count):
             stride = 2 if (block == 0 and stage > 0) else 1
             project = block == 0 and (stride != 1 or in_channels != out_channels)
-            x = block_fn(x, filters, stride, norm, f"conv{stage + 2}_block{block + 1}", project)
+            x = block_fn(x, filters, stride, make_norm, f"conv{stage + 2}_block{block + 1}", project)
             in_channels = out_channels
         outputs.append(x)
     model = keras.Model(inputs, outputs, name=f"{name}_w{width}")

@@ -64,12 +64,15 @@ class FCOSDetector(keras.Model):
         self.train_mode = train_mode
         self.inference_shift = int(inference_shift)
         self.pyramid = AlignedPyramid(tuple(cfg.head_levels), cfg.k)
-        self.backbone = build_resnet(cfg.backbone, cfg.width, cfg.norm, cfg.backbone_weights)
+        self.backbone = build_resnet(
+            cfg.backbone, cfg.width, cfg.norm, cfg.backbone_weights, cfg.bn_momentum, cfg.fused_bn
+        )
         c1 = int(64 * cfg.width)
         self.fpn = FeaturePyramid(
             cfg.fpn_channels,
             min_level=self.pyramid.min_level if self.reads_shifted_levels else self.pyramid.levels()[0],
             in_channels=(c1,) + stage_channels(cfg.backbone, cfg.width),
+            init=cfg.fpn_init,
             name="fpn",
         )
         self.head = FCOSHead(
@@ -134,6 +137,25 @@ class FCOSDetector(keras.Model):
         """List of num_levels maps -> per-level dicts (see ``FCOSHead``)."""
         return self.head(features)
 
+    def head_outputs_batched(self, pyramids):
+        """Head outputs of several pyramids whose levels have equal sizes.
+
+        pyramids: P lists of num_levels maps [B_p, h_i, w_i, C] -> P lists of per-level dicts.
+        With ``batch_heads`` the head runs once on the batch concatenation of each level (the
+        head normalises per image, so the result equals P separate passes).
+        """
+        if len(pyramids) == 1 or not self.model_config.batch_heads:
+            return [self.head_outputs(features) for features in pyramids]
+        sizes = [tf.shape(features[0])[0] for features in pyramids]
+        joined = self.head_outputs([tf.concat(level, axis=0) for level in zip(*pyramids)])
+        split = [
+            {key: tf.split(value, sizes, axis=0) for key, value in level.items()} for level in joined
+        ]
+        return [
+            [{key: parts[p] for key, parts in level.items()} for level in split]
+            for p in range(len(pyramids))
+        ]
+
     def call(self, images, training=False):
         return self.head_outputs(self.pyramid_features(images, self.inference_shift, training))
 
@@ -195,20 +217,20 @@ class FCOSDetector(keras.Model):
         Keys: ``loss`` (the optimised sum), ``loss_<branch>`` and ``<branch>_<cls|box|ctr>``.
         """
         images, boxes, classes = data["images"], data["boxes"], data["classes"]
-        branch_losses = {}
-        high = self.head_outputs(self.pyramid_features(images, 0, training))
+        high_features = self.pyramid_features(images, 0, training)
+        if self.train_mode == "aligned":
+            low_features = self.pyramid_features(self.pyramid.subsample(images), self.pyramid.shift, training)
+            high, low = self.head_outputs_batched([high_features, low_features])
+            targets = self.targets(boxes, classes, high)
+            return self._collect({
+                "high": self.branch_loss(high, targets), "low": self.branch_loss(low, targets)
+            })
+        high = self.head_outputs(high_features)
         targets = self.targets(boxes, classes, high)
-        branch_losses["high"] = self.branch_loss(high, targets)
-        if self.train_mode != "single":
-            low_images = self.pyramid.subsample(images)
-            if self.train_mode == "aligned":
-                low = self.head_outputs(
-                    self.pyramid_features(low_images, self.pyramid.shift, training)
-                )
-                low_targets = targets
-            else:
-                low = self.head_outputs(self.pyramid_features(low_images, 0, training))
-                low_targets = self.targets(boxes, classes, low, scale=float(self.pyramid.k))
+        branch_losses = {"high": self.branch_loss(high, targets)}
+        if self.train_mode == "vanilla_multiscale":
+            low = self.head_outputs(self.pyramid_features(self.pyramid.subsample(images), 0, training))
+            low_targets = self.targets(boxes, classes, low, scale=float(self.pyramid.k))
             branch_losses["low"] = self.branch_loss(low, low_targets)
         return self._collect(branch_losses)
 

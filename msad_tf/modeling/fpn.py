@@ -12,6 +12,19 @@ def _upsample_to(x, like):
     return up[:, : shape[1], : shape[2], :]
 
 
+def fpn_initializer(name: str) -> keras.initializers.Initializer:
+    """Kernel initializer of the FPN convs (biases start at zero).
+
+    ``c2_xavier``: Detectron2's c2_xavier_fill = kaiming_uniform(a=1), uniform in
+    +-sqrt(3 / fan_in) (Keras LecunUniform). ``he_uniform``: +-sqrt(6 / fan_in).
+    """
+    if name == "c2_xavier":
+        return keras.initializers.LecunUniform()
+    if name == "he_uniform":
+        return keras.initializers.HeUniform()
+    raise ValueError(f"unknown FPN init '{name}': choose c2_xavier or he_uniform")
+
+
 class FeaturePyramid(keras.layers.Layer):
     """FPN over C1..C5 with P6 = conv3x3/2(C5) and P7 = conv3x3/2(ReLU(P6)).
 
@@ -22,16 +35,19 @@ class FeaturePyramid(keras.layers.Layer):
       channels: output channels of every level.
       min_level: lowest level that can be requested (2 for k = 2, 1 for k = 4).
       in_channels: channels of C1..C5, used to build all weights up front.
+      init: kernel initializer name (``fpn_initializer``).
     """
 
-    def __init__(self, channels: int = 256, min_level: int = 2, in_channels=None, **kwargs):
+    def __init__(self, channels: int = 256, min_level: int = 2, in_channels=None, init: str = "c2_xavier",
+                 **kwargs):
         super().__init__(**kwargs)
         if not 1 <= min_level <= 5:
             raise ValueError(f"min_level {min_level} must be in 1..5")
         self.channels = channels
         self.min_level = min_level
         self.in_channels = tuple(in_channels) if in_channels is not None else None
-        init = keras.initializers.HeUniform()
+        self.init = init
+        init = fpn_initializer(init)
         self.lateral = {
             level: keras.layers.Conv2D(channels, 1, kernel_initializer=init, name=f"lateral_p{level}")
             for level in range(min_level, 6)
@@ -83,6 +99,6 @@ class FeaturePyramid(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            channels=self.channels, min_level=self.min_level, in_channels=self.in_channels
+            channels=self.channels, min_level=self.min_level, in_channels=self.in_channels, init=self.init
         )
         return config

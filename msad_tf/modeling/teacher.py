@@ -213,11 +213,7 @@ class MultiScaleTeacher(FCOSDetector):
             high = [tf.stop_gradient(f) for f in high]
             low = [tf.stop_gradient(f) for f in low]
         fused, _ = self.fusion((high, low), training=training)
-        outputs = {
-            "high": self.head_outputs(high),
-            "low": self.head_outputs(low),
-            "fused": self.head_outputs(fused),
-        }
+        outputs = dict(zip(("high", "low", "fused"), self.head_outputs_batched([high, low, fused])))
         targets = self.targets(boxes, classes, outputs["high"])
         weights = self.loss_weights()
         branch_losses = {}
