@@ -241,3 +241,17 @@ def test_exported_saved_model_and_tflite_ap_equal_msad_evaluate_at_low(tiny_run,
     assert abs(lite_metrics["AP"] - metrics["AP"]) <= AP_TOLERANCES["tflite_none"]
     print(f"AP at L (subsample): msad evaluate {metrics['AP']:.3f}, SavedModel {served_metrics['AP']:.3f}, "
           f"TFLite {lite_metrics['AP']:.3f}; {len(results)} detections")
+
+
+def test_sweep_fraction_one_is_the_low_evaluation(tiny_run, tmp_path, monkeypatch):
+    from msad_tf.evaluation.sweep import resolution_sweep
+
+    model, dataset, config = tiny_run["model"], tiny_run["dataset"], tiny_run["config"]
+    metrics, _ = _evaluate_capturing(monkeypatch, model, dataset, config)
+    rows = resolution_sweep(model, dataset, config, [0.75, 1.0], model.shift_for("low"), tmp_path,
+                            progress=False)
+    assert [(r["short_side"], r["stride"]) for r in rows] == [(96, 2), (128, 2)]
+    assert rows[1]["AP"] == pytest.approx(metrics["AP"], abs=1e-9)
+    assert (tmp_path / "resolution_sweep.csv").read_text().splitlines()[0].startswith(
+        "fraction,short_side,max_side,stride,AP"
+    )
