@@ -190,7 +190,8 @@ def format_ap_report(report: dict) -> str:
     lines = [
         format_table(
             rows,
-            title=f"{report['run']}: {spec['resolution']} ({spec['short_side']}/{spec['max_side']}, "
+            title=f"{report['run']}: {spec['resolution']} ({spec['short_side']}/{spec['max_side']}"
+            f"{' subsampled /' + str(spec['subsample']) if spec.get('subsample', 1) > 1 else ''}, "
             f"shift {spec['shift']}, pad {spec['pad_multiple']}), {report['images']} val images",
         ),
         "",
