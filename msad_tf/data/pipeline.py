@@ -3,8 +3,8 @@
 Per image: decode to 3 channels -> resize so the short side is alpha * short_side (long side at
 most alpha * max_side; alpha ~ U[jitter] per image when training, 1 otherwise) -> scale boxes
 by the same factor -> clip boxes to the resized image, drop empty ones -> random horizontal
-flip -> normalize (``input_norm``) -> keep the first ``max_boxes`` boxes. Then padded_batch and zero padding of
-the batch up to a multiple of ``pad_multiple``.
+flip -> normalize (``input_norm``) -> keep the first ``max_boxes`` boxes. Then padded_batch and
+zero padding of the batch up to a multiple of ``pad_multiple``.
 
 Randomness is stateless: element i of the (shuffled, repeated) stream uses the seed
 (seed, i), so a given seed gives the same batches whatever the parallelism (with several
