@@ -131,22 +131,25 @@ def _sweep(args):
     rows = resolution_sweep(model, dataset, config, args.sweep, model.shift_for("low"),
                             Path(args.run), max_images=args.max_images, progress=not args.quiet)
     for row in rows:
-        print(f"{row['short_side']:5d}px  AP {row['AP']:6.2f}  APs {row['APs']:6.2f}  "
+        stride = f" /{row['stride']}" if row["stride"] > 1 else ""
+        print(f"{row['short_side']:5d}px{stride}  AP {row['AP']:6.2f}  APs {row['APs']:6.2f}  "
               f"APm {row['APm']:6.2f}  APl {row['APl']:6.2f}")
     print(f"written {args.run}/resolution_sweep.csv and resolution_sweep.png")
 
 
 def cmd_predict(args):
+    from msad_tf.data.preprocess import resolve_input_norm
     from msad_tf.evaluation.evaluator import resolution_for
     from msad_tf.evaluation.predict import predict_files
     from msad_tf.training import runs
 
     config, model, ids, names = runs.load_run(args.run)
-    short_side, max_side = resolution_for(config, args.resolution)
+    short_side, max_side, stride = resolution_for(config, args.resolution)
     summary = predict_files(
         model, args.images, args.out, short_side=short_side, max_side=max_side,
         shift=model.shift_for(args.resolution), category_ids=ids, names=names,
         score_threshold=args.score_threshold, pad_multiple=config.data.pad_multiple,
+        stride=stride, input_norm=resolve_input_norm(config.model),
     )
     for entry in summary:
         print(json.dumps(entry))
@@ -250,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int)
     p.add_argument("--sweep", nargs="+", type=float, metavar="FRACTION",
                    help="AP vs inference resolution: short sides FRACTION * L, read at the model's "
-                        "low-resolution levels (writes resolution_sweep.csv/png), e.g. --sweep 0.5 0.75 1")
+                        "low-resolution levels (writes resolution_sweep.csv/png), e.g. --sweep 0.5 0.75 1. "
+                        "With eval.low_input subsample (default) the image is resized to FRACTION * H "
+                        "and subsampled by k, so FRACTION 1 is exactly the evaluation at L; with "
+                        "resize it is resized to FRACTION * L")
     p.add_argument("--json", help="where to write the metrics (default RUN/eval_<split>.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)

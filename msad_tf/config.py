@@ -36,6 +36,10 @@ class ModelConfig:
     them): ``fused_bn`` trains BatchNorm with TensorFlow's fused kernel; ``batch_heads`` runs
     the head once over the batch concatenation of branches whose levels have equal sizes
     (aligned high/low, teacher high/low/fused): GroupNorm is per image, so this is exact.
+    ``input_norm`` normalises the input pixels everywhere (training, evaluation, exports):
+    ``imagenet_std`` ((RGB - mean) / std), ``caffe`` (BGR minus the ImageNet mean, what
+    keras.applications ImageNet weights expect) or ``auto`` (caffe when ``backbone_weights``
+    is set, imagenet_std otherwise).
     """
 
     backbone: str = "resnet50"
@@ -65,6 +69,7 @@ class ModelConfig:
     fusion_shared: bool = True
     fused_bn: bool = True
     batch_heads: bool = True
+    input_norm: str = "auto"
 
 
 @dataclass
@@ -148,11 +153,17 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     """Evaluation: batch size, the resolutions the in-training evaluation callback reports,
-    and an optional cap on the number of val images."""
+    and an optional cap on the number of val images.
+
+    ``low_input`` is how the image at L is made (evaluate, sweep, predict, exports):
+    ``subsample`` (resize to H, normalise, zero pad, then x[:, ::k, ::k], the operator the
+    low-resolution branch trains on) or ``resize`` (antialiased resize straight to H / k).
+    """
 
     batch_size: int = 8
     resolutions: list[str] = field(default_factory=lambda: ["high", "low"])
     max_images: int | None = None
+    low_input: str = "subsample"
 
 
 @dataclass
@@ -336,6 +347,10 @@ def validate(config: Config) -> None:
             f"data.pad_multiple {d.pad_multiple} must be a multiple of the coarsest stride "
             f"2^{max(levels)} = {2 ** max(levels)}"
         )
+    if m.input_norm not in ("auto", "imagenet_std", "caffe"):
+        raise ConfigError(f"model.input_norm '{m.input_norm}': choose auto, imagenet_std or caffe")
+    if config.eval.low_input not in ("subsample", "resize"):
+        raise ConfigError(f"eval.low_input '{config.eval.low_input}': choose subsample or resize")
     for r in config.eval.resolutions:
         if r not in ("high", "low"):
             raise ConfigError(f"eval.resolutions entry '{r}': choose high or low")

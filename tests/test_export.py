@@ -2,7 +2,8 @@
 fresh process, TFLite builtin-only conversion and parity, bad serving inputs, CLI glue.
 
 One tiny student run (random weights, cls bias raised so detections pass the threshold) is
-exported once per module: H = 128, L = 64, shift 1, so the exports read P2'..P6' of a 64 px input.
+exported once per module: H = 128, L = 64 (``eval.low_input: resize``; the default subsample is
+tested in test_low_input.py), shift 1, so the exports read P2'..P6' of a 64 px input.
 """
 import argparse
 import base64
@@ -55,7 +56,7 @@ def make_tiny_run(root: Path) -> Path:
             "model": dataclasses.asdict(model_config),
             "data": {"root": str(root / "data"), "short_side": 128, "max_side": 128, "pad_multiple": 128},
             "train": {"mode": "student"},
-            "eval": {"batch_size": 4},
+            "eval": {"batch_size": 4, "low_input": "resize"},
         }
     )
     run = root / "student"

@@ -3,8 +3,8 @@
 Per image: decode to 3 channels -> resize so the short side is alpha * short_side (long side at
 most alpha * max_side; alpha ~ U[jitter] per image when training, 1 otherwise) -> scale boxes
 by the same factor -> clip boxes to the resized image, drop empty ones -> random horizontal
-flip -> normalize -> keep the first ``max_boxes`` boxes. Then padded_batch and zero padding of
-the batch up to a multiple of ``pad_multiple``.
+flip -> normalize (``input_norm``) -> keep the first ``max_boxes`` boxes. Then padded_batch and
+zero padding of the batch up to a multiple of ``pad_multiple``.
 
 Randomness is stateless: element i of the (shuffled, repeated) stream uses the seed
 (seed, i), so a given seed gives the same batches whatever the parallelism (with several
@@ -63,13 +63,15 @@ def _tfrecord_files(pattern: str) -> list[str]:
     return files
 
 
-def prepare_image(example, index, *, short_side, max_side, training, jitter, flip, max_boxes, seed):
+def prepare_image(example, index, *, short_side, max_side, training, jitter, flip, max_boxes, seed,
+                  input_norm="imagenet_std"):
     """The per-image transform of the pipeline.
 
     Args:
       example: dict(encoded string, image_id int64, boxes float32 [N, 4] original pixels,
         classes int32 [N]).
       index: int64 scalar, position of the element in the stream (seeds its randomness).
+      input_norm: ``normalize_image`` mode (``resolve_input_norm`` of the model config).
     Returns:
       dict(images float32 [h, w, 3] normalized, boxes float32 [max_boxes, 4] resized pixels
       (zero padded), classes int32 [max_boxes] (-1 padded), image_ids int64, scales float32,
@@ -103,7 +105,7 @@ def prepare_image(example, index, *, short_side, max_side, training, jitter, fli
     boxes = tf.ensure_shape(tf.pad(boxes, [[0, pad], [0, 0]]), [max_boxes, 4])
     classes = tf.ensure_shape(tf.pad(classes, [[0, pad]], constant_values=-1), [max_boxes])
     return {
-        "images": normalize_image(image),
+        "images": normalize_image(image, input_norm),
         "boxes": boxes,
         "classes": classes,
         "image_ids": example["image_id"],
@@ -130,6 +132,7 @@ def build_dataset(
     repeat=False,
     deterministic=None,
     input_context=None,
+    input_norm="imagenet_std",
 ) -> tf.data.Dataset:
     """Batches of a COCO dataset ready for the detectors.
 
@@ -153,6 +156,8 @@ def build_dataset(
       input_context: a tf.distribute.InputContext (from ``distribute_datasets_from_function``):
         this pipeline then reads only its share of the data, TFRecord files if there are at
         least as many as pipelines, records otherwise. ``batch_size`` stays per pipeline.
+      input_norm: pixel normalisation, ``resolve_input_norm(config.model)`` of the model the
+        batches are for (``imagenet_std`` or ``caffe``).
     Returns:
       tf.data.Dataset of dict(
         images float32 [B, Hp, Wp, 3] normalized, zero padded bottom/right,
@@ -218,6 +223,7 @@ def build_dataset(
             flip=flip,
             max_boxes=max_boxes,
             seed=seed,
+            input_norm=input_norm,
         )
 
     ds = ds.enumerate().map(

@@ -3,6 +3,10 @@
 Everything here is pure TensorFlow and graph-friendly: sizes are tensors, so the functions work
 inside ``tf.data`` maps and inside ``tf.function`` signatures with unknown image sizes.
 Images are RGB on the 0..255 scale until ``normalize_image``.
+
+Two choices made here for every consumer (training pipeline, evaluation, predict, exports):
+``input_norm`` (how pixels are normalised) and ``input_geometry`` (how a resolution is made
+from the original image: resize, or resize to H and then the strided subsample of training).
 """
 from __future__ import annotations
 
@@ -10,18 +14,76 @@ import tensorflow as tf
 
 IMAGE_MEAN = (123.675, 116.28, 103.53)
 IMAGE_STD = (58.395, 57.12, 57.375)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+INPUT_NORMS = ("imagenet_std", "caffe")
 
 
-def normalize_image(image):
-    """(image - IMAGE_MEAN) / IMAGE_STD.
+def resolve_input_norm(model_config) -> str:
+    """The normalisation a model's input gets: ``model.input_norm``, with ``auto`` resolved to
+    ``caffe`` when ``model.backbone_weights`` is set (keras.applications ImageNet weights
+    expect caffe inputs) and ``imagenet_std`` otherwise."""
+    norm = getattr(model_config, "input_norm", "auto")
+    if norm == "auto":
+        return "caffe" if model_config.backbone_weights else "imagenet_std"
+    if norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm '{norm}': choose auto, {' or '.join(INPUT_NORMS)}")
+    return norm
+
+
+def normalize_image(image, input_norm: str = "imagenet_std"):
+    """Normalised network input.
+
+    ``imagenet_std``: (RGB - IMAGE_MEAN) / IMAGE_STD. ``caffe`` (keras.applications ResNet
+    ``preprocess_input``): channels reversed to BGR, CAFFE_MEAN_BGR subtracted, no scaling.
 
     Args:
       image: uint8 or float [..., H, W, 3], RGB on the 0..255 scale.
+      input_norm: one of ``INPUT_NORMS`` (see ``resolve_input_norm``).
     Returns:
       float32 [..., H, W, 3].
     """
     image = tf.cast(image, tf.float32)
+    if input_norm == "caffe":
+        return tf.reverse(image, axis=[-1]) - tf.constant(CAFFE_MEAN_BGR, tf.float32)
+    if input_norm != "imagenet_std":
+        raise ValueError(f"input_norm '{input_norm}': choose {' or '.join(INPUT_NORMS)}")
     return (image - tf.constant(IMAGE_MEAN, tf.float32)) / tf.constant(IMAGE_STD, tf.float32)
+
+
+def input_geometry(config, resolution: str) -> tuple[int, int, int]:
+    """How the images of ``resolution`` are made: (short_side, max_side, stride).
+
+    The original image is resized to short_side/max_side (``resize_image``), normalised and
+    zero padded; the network then reads ``network_input`` of that batch with ``stride``.
+    ``high``: (H sides, 1). ``low`` with ``eval.low_input`` ``subsample`` (the operator every
+    model trains its low-resolution branch on): (H sides, k). ``low`` with ``resize``: (L sides,
+    1), an antialiased resize straight to L = H / k.
+    """
+    if resolution == "high":
+        return (*config.high_resolution(), 1)
+    if resolution != "low":
+        raise ValueError(f"unknown resolution '{resolution}': choose high or low")
+    if config.eval.low_input == "subsample":
+        return (*config.high_resolution(), int(config.model.k))
+    return (*config.low_resolution(), 1)
+
+
+def network_input(images, image_sizes, stride: int):
+    """The network's view of a prepared batch: its strided subsample ``x[:, ::s, ::s, :]``.
+
+    Args:
+      images: [B, Hp, Wp, C] normalised, zero padded (``pad_to_multiple``) batch.
+      image_sizes: int32 [B, 2] (or [2]) unpadded (h, w) of each image in ``images``.
+      stride: s >= 1 (1: the batch itself).
+    Returns:
+      (images [B, ceil(Hp / s), ceil(Wp / s), C], image_sizes int32 ceil((h, w) / s)): the
+      sizes the network's outputs are decoded with. Boxes decoded in this frame are in pixels
+      of ``images`` once multiplied by s.
+    """
+    if stride == 1:
+        return images, image_sizes
+    sizes = tf.cast(image_sizes, tf.int32)
+    return images[:, ::stride, ::stride, :], (sizes + (stride - 1)) // stride
 
 
 def resize_scale(height, width, short_side, max_side):

@@ -7,24 +7,26 @@ import numpy as np
 from msad_tf.evaluation.coco_eval import evaluate_coco, to_coco_results
 
 
-def resolution_for(config, name: str) -> tuple[int, int]:
-    """(short_side, max_side) of a resolution name: ``high`` = H, ``low`` = H / k."""
-    if name == "high":
-        return config.high_resolution()
-    if name == "low":
-        return config.low_resolution()
-    raise ValueError(f"unknown resolution '{name}': choose high or low")
+def resolution_for(config, name: str) -> tuple[int, int, int]:
+    """(short_side, max_side, stride) of a resolution name (``input_geometry``): ``high`` = H;
+    ``low`` = H / k, made as ``eval.low_input`` says."""
+    from msad_tf.data.preprocess import input_geometry
+
+    return input_geometry(config, name)
 
 
 def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, pad_multiple=256,
-                 max_images=None, progress=True, branch=None):
+                 max_images=None, progress=True, branch=None, stride=1, input_norm="imagenet_std"):
     """Detections of ``model`` on a CocoDataset, as COCO results in original pixels.
 
-    ``shift`` selects the pyramid levels (0: P3..P7 of the input; m: the aligned
-    low-resolution levels). ``branch`` is passed to models with several inference branches.
-    Returns (results, image_ids evaluated).
+    Images are resized to ``short_side``/``max_side``, normalised (``input_norm``), zero padded
+    to ``pad_multiple`` and read through ``network_input`` with ``stride`` (see
+    ``input_geometry``). ``shift`` selects the pyramid levels (0: P3..P7 of the input; m: the
+    aligned low-resolution levels). ``branch`` is passed to models with several inference
+    branches. Returns (results, image_ids evaluated).
     """
     from msad_tf.data import build_dataset
+    from msad_tf.data.preprocess import network_input
 
     ds = build_dataset(
         dataset,
@@ -33,6 +35,7 @@ def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, p
         batch_size=batch_size,
         training=False,
         pad_multiple=pad_multiple,
+        input_norm=input_norm,
     )
     total = len(dataset.records) if max_images is None else min(max_images, len(dataset.records))
     num_batches = -(-total // batch_size)
@@ -41,7 +44,7 @@ def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, p
     bar = keras.utils.Progbar(num_batches, verbose=1 if progress else 0, unit_name="batch")
     results, image_ids = [], []
     for batch in ds:
-        out = detect(batch["images"], batch["image_sizes"])
+        out = detect(*network_input(batch["images"], batch["image_sizes"], stride))
         out = {k: v.numpy() for k, v in out.items()}
         ids = batch["image_ids"].numpy()
         results += to_coco_results(
@@ -50,7 +53,7 @@ def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, p
             out["scores"],
             out["classes"],
             out["num_detections"],
-            batch["scales"].numpy(),
+            batch["scales"].numpy() / stride,
             dataset.category_ids,
         )
         image_ids += ids.tolist()
@@ -63,8 +66,11 @@ def evaluate_model(model, dataset, config, resolution: str = "high", shift=None,
     """COCO metrics of ``model`` on ``dataset`` at resolution ``high`` or ``low``.
 
     ``shift`` defaults to the model's own choice for that resolution (``model.shift_for``).
+    The images are made as ``resolution_for`` says and normalised with ``model.input_norm``.
     """
-    short_side, max_side = resolution_for(config, resolution)
+    from msad_tf.data.preprocess import resolve_input_norm
+
+    short_side, max_side, stride = resolution_for(config, resolution)
     if shift is None:
         shift = model.shift_for(resolution)
     results, image_ids = predict_coco(
@@ -78,6 +84,8 @@ def evaluate_model(model, dataset, config, resolution: str = "high", shift=None,
         max_images=max_images if max_images is not None else config.eval.max_images,
         progress=progress,
         branch=branch,
+        stride=stride,
+        input_norm=resolve_input_norm(config.model),
     )
     return evaluate_coco(dataset.coco, results, np.unique(image_ids))
 

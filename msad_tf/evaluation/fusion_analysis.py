@@ -95,6 +95,7 @@ def fusion_analysis(model, dataset, config, out_dir, max_images=None, batch_size
     high-res level s.
     """
     from msad_tf.data import build_dataset
+    from msad_tf.data.preprocess import resolve_input_norm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,7 @@ def fusion_analysis(model, dataset, config, out_dir, max_images=None, batch_size
         batch_size=batch_size,
         training=False,
         pad_multiple=config.data.pad_multiple,
+        input_norm=resolve_input_norm(config.model),
     )
     total = len(dataset.records) if max_images is None else min(int(max_images), len(dataset.records))
     ds = ds.take(-(-total // batch_size))

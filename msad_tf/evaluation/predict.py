@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from msad_tf.data.preprocess import normalize_image, pad_to_multiple, resize_image
+from msad_tf.data.preprocess import network_input, normalize_image, pad_to_multiple, resize_image
 
 _COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
             (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
@@ -31,14 +31,18 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 
 def detect_image(model, image: np.ndarray, short_side: int, max_side: int, shift: int,
-                 pad_multiple: int = 256):
-    """Detections for one uint8 image [H, W, 3], boxes [ymin, xmin, ymax, xmax] in its pixels."""
+                 pad_multiple: int = 256, stride: int = 1, input_norm: str = "imagenet_std"):
+    """Detections for one uint8 image [H, W, 3], boxes [ymin, xmin, ymax, xmax] in its pixels.
+
+    The image is prepared as ``predict_coco`` prepares it: resized, normalised with
+    ``input_norm``, padded to ``pad_multiple``, read through ``network_input`` with ``stride``.
+    """
     resized, scale = resize_image(tf.constant(image), short_side, max_side)
     size = tf.shape(resized)[:2]
-    batch = pad_to_multiple(normalize_image(resized)[None], pad_multiple)
-    out = model.detect_function(shift)(batch, size[None])
+    batch = pad_to_multiple(normalize_image(resized, input_norm)[None], pad_multiple)
+    out = model.detect_function(shift)(*network_input(batch, size[None], stride))
     n = int(out["num_detections"][0])
-    boxes = out["boxes"][0, :n].numpy() / float(scale)
+    boxes = out["boxes"][0, :n].numpy() * stride / float(scale)
     return boxes, out["scores"][0, :n].numpy(), out["classes"][0, :n].numpy()
 
 
@@ -54,8 +58,10 @@ def draw_detections(image: np.ndarray, boxes, scores, classes, names, path: str 
 
 
 def predict_files(model, paths, out_dir, *, short_side, max_side, shift, category_ids, names,
-                  score_threshold=0.3, pad_multiple=256) -> list[dict]:
+                  score_threshold=0.3, pad_multiple=256, stride=1, input_norm="imagenet_std") -> list[dict]:
     """Run ``model`` on image files; writes OUT/<stem>.json and OUT/<stem>.png per image.
+
+    Images are prepared by ``detect_image`` (``stride``, ``input_norm`` as there).
 
     JSON: list of {"bbox": [x, y, w, h] original pixels, "score", "category_id", "category"}.
     Files that cannot be read are reported and skipped. Returns one summary dict per file.
@@ -71,7 +77,9 @@ def predict_files(model, paths, out_dir, *, short_side, max_side, shift, categor
             print(f"skipped: {err}")
             summary.append({"file": str(path), "error": str(err)})
             continue
-        boxes, scores, classes = detect_image(model, image, short_side, max_side, shift, pad_multiple)
+        boxes, scores, classes = detect_image(
+            model, image, short_side, max_side, shift, pad_multiple, stride, input_norm
+        )
         keep = scores >= score_threshold
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         detections = [

@@ -46,8 +46,8 @@ def cmd_export(args) -> None:
         info = read_export_info(path)
     summary = {
         key: info.get(key)
-        for key in ("format", "quantize", "resolution", "short_side", "max_side", "shift",
-                    "pad_multiple", "input_size", "ops")
+        for key in ("format", "quantize", "resolution", "short_side", "max_side", "subsample",
+                    "input_norm", "shift", "pad_multiple", "input_size", "ops")
         if key in info
     }
     print(json.dumps({"path": str(path), **summary}, indent=2))
@@ -64,6 +64,8 @@ def add_export_parser(subparsers):
             "[batch]); pre-processing, network, decoding and NMS in one graph; outputs as the TF "
             "Object Detection API. TFLite: OUT/NAME/tflite/model_<resolution>_<quantize>.tflite "
             "taking a resized uint8 image [1, H, W, 3] and its size int32 [2]; builtin ops only. "
+            "Both apply the run's model.input_norm and, at L with eval.low_input subsample, "
+            "take a resize to H and subsample it by k (as msad evaluate). "
             "See saved_models/README.md."
         ),
     )

@@ -91,9 +91,10 @@ def export_ap_report(run_dir, resolution: str | None = None, formats=AP_FORMATS,
                      progress: bool = False) -> dict:
     """COCO AP of each export format of a run on its val split, checked against Keras.
 
-    Every format sees the same images at the same ExportSpec (resolution, shift, padding). The
-    Keras row runs ``predict_coco`` with the export's padding; if that differs from
-    ``data.pad_multiple``, ``keras_msad_evaluate`` gives the AP ``msad evaluate`` reports.
+    Every format sees the same images at the same ExportSpec (resolution, resize target,
+    subsample, normalisation, shift, padding). The Keras row runs ``predict_coco`` with the
+    export's padding; if that differs from ``msad evaluate``'s (``data.pad_multiple`` before the
+    subsample), ``keras_msad_evaluate`` gives the AP ``msad evaluate`` reports.
 
     Args:
       run_dir: a run directory (``load_run``).
@@ -127,14 +128,15 @@ def export_ap_report(run_dir, resolution: str | None = None, formats=AP_FORMATS,
         results, image_ids = predict_coco(
             model, dataset, short_side=spec.short_side, max_side=spec.max_side, shift=spec.shift,
             batch_size=batch_size, pad_multiple=pad, max_images=max_images, progress=progress,
+            stride=spec.subsample, input_norm=spec.input_norm,
         )
         return evaluate_coco(dataset.coco, results, np.unique(image_ids)), image_ids
 
     report = {"run": str(run_dir), "spec": vars_of(spec), "metrics": {}, "checks": {}, "seconds": {}}
     start = time.perf_counter()
-    report["metrics"]["keras"], image_ids = keras_metrics(spec.pad_multiple)
+    report["metrics"]["keras"], image_ids = keras_metrics(spec.input_multiple)
     report["seconds"]["keras"] = time.perf_counter() - start
-    if spec.pad_multiple != config.data.pad_multiple:
+    if spec.input_multiple != config.data.pad_multiple:
         report["keras_msad_evaluate"] = keras_metrics(config.data.pad_multiple)[0]
     records = dataset.records[: len(image_ids)]
     if [r.image_id for r in records] != [int(i) for i in image_ids]:
@@ -188,7 +190,8 @@ def format_ap_report(report: dict) -> str:
     lines = [
         format_table(
             rows,
-            title=f"{report['run']}: {spec['resolution']} ({spec['short_side']}/{spec['max_side']}, "
+            title=f"{report['run']}: {spec['resolution']} ({spec['short_side']}/{spec['max_side']}"
+            f"{' subsampled /' + str(spec['subsample']) if spec.get('subsample', 1) > 1 else ''}, "
             f"shift {spec['shift']}, pad {spec['pad_multiple']}), {report['images']} val images",
         ),
         "",
@@ -208,6 +211,8 @@ def vars_of(spec: ExportSpec) -> dict:
         "max_side": spec.max_side,
         "shift": spec.shift,
         "pad_multiple": spec.pad_multiple,
+        "subsample": spec.subsample,
+        "input_norm": spec.input_norm,
     }
 
 
@@ -307,10 +312,11 @@ def prepare_resolution(model, config, resolution: str, workdir, category_ids, na
                        formats=BENCHMARK_FORMATS, export_to=None, progress: bool = True) -> dict:
     """The exports of one resolution and a batch-1 callable per format, ready to be timed.
 
-    All formats see the same image, already at the resolution's size: Keras runs
-    ``detect_function`` on the normalised padded batch; the SavedModel ``serving_default``
-    (its resize/normalise/pad included) and TFLite the model with an input exactly the padded
-    size (with ``export_to``: the deployment canvas, ``ExportSpec.canvas_side`` square).
+    All formats see the same image, already resized to the spec's resize target: Keras runs
+    ``detect_function`` on ``network_input`` of the normalised padded batch (as
+    ``predict_coco``); the SavedModel ``serving_default`` (its resize/normalise/pad/subsample
+    included) and TFLite the model with an input exactly the padded size (with ``export_to``:
+    the deployment canvas, ``ExportSpec.canvas_side`` square).
 
     Args:
       workdir: exports go to ``workdir/<resolution>/`` (reused when there).
@@ -322,14 +328,16 @@ def prepare_resolution(model, config, resolution: str, workdir, category_ids, na
     Returns:
       dict(info=..., calls={format: callable}, sizes={format: bytes}).
     """
-    from msad_tf.data.preprocess import normalize_image, pad_to_multiple
+    from msad_tf.data.preprocess import network_input, normalize_image, pad_to_multiple
     from msad_tf.export.saved_model import read_export_info
     from msad_tf.export.tflite import TFLiteDetector, export_tflite, prepare_input, representative_dataset
 
     spec = export_spec(model, config, resolution)
     image = benchmark_image(config, spec)
     h, w = image.shape[:2]
-    padded = (-(-h // spec.pad_multiple) * spec.pad_multiple, -(-w // spec.pad_multiple) * spec.pad_multiple)
+    multiple = spec.input_multiple
+    padded = (-(-h // multiple) * multiple, -(-w // multiple) * multiple)
+    network_padded = (padded[0] // spec.subsample, padded[1] // spec.subsample)
     root = Path(workdir) / resolution
     root.mkdir(parents=True, exist_ok=True)
     calls, sizes = {}, {}
@@ -342,8 +350,11 @@ def prepare_resolution(model, config, resolution: str, workdir, category_ids, na
                   flush=True)
 
     if "keras" in formats:
-        batch = pad_to_multiple(normalize_image(tf.constant(image))[None], spec.pad_multiple)
-        image_sizes = tf.constant([[h, w]], tf.int32)
+        batch, image_sizes = network_input(
+            pad_to_multiple(normalize_image(tf.constant(image), spec.input_norm)[None], multiple),
+            tf.constant([[h, w]], tf.int32),
+            spec.subsample,
+        )
         detect = model.detect_function(spec.shift)
         weights = Path(run_dir) / "model.weights.h5"
         calls["keras"] = lambda: detect(batch, image_sizes)["num_detections"].numpy()
@@ -390,7 +401,8 @@ def prepare_resolution(model, config, resolution: str, workdir, category_ids, na
         "spec": vars_of(spec),
         "input": [int(h), int(w)],
         "padded_input": [int(padded[0]), int(padded[1])],
-        "gflops": network_flops(model, spec.shift, *padded) / 1e9,
+        "network_input": [int(network_padded[0]), int(network_padded[1])],
+        "gflops": network_flops(model, spec.shift, *network_padded) / 1e9,
     }
     return {"info": info, "calls": calls, "sizes": sizes}
 
@@ -519,8 +531,11 @@ def format_benchmark(result: dict) -> str:
         spec = entry["spec"]
         h, w = entry["input"]
         ph, pw = entry["padded_input"]
+        nh, nw = entry.get("network_input", (ph, pw))
+        step = spec.get("subsample", 1)
+        view = f" subsampled /{step} to {nh}x{nw}" if step > 1 else ""
         return (
-            f"{spec['resolution']}: {h}x{w} padded {ph}x{pw}, shift {spec['shift']}, "
+            f"{spec['resolution']}: {h}x{w} padded {ph}x{pw}{view}, shift {spec['shift']}, "
             f"{entry['gflops']:.3f} GFLOPs (network), run {entry['run']}"
         )
 

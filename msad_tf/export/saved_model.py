@@ -6,7 +6,8 @@ Layout written by ``export_saved_model`` (TF Serving's ``MODEL_BASE_PATH/NAME/VE
       saved_model.pb        signatures serving_default (uint8 images) and image_bytes
       variables/
       assets/
-      msad_export.json      resolution, shift, padding, category ids/names, source run
+      msad_export.json      resolution, resize target, subsample, input_norm, shift, padding,
+                            category ids/names, source run
 
 Both signatures return the TF Object Detection API outputs (D = model max_detections):
   detection_boxes    float32 [B, D, 4] [ymin, xmin, ymax, xmax] normalised to the input image
@@ -24,7 +25,14 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from msad_tf.data.preprocess import normalize_image, pad_to_multiple, resize_image
+from msad_tf.data.preprocess import (
+    input_geometry,
+    network_input,
+    normalize_image,
+    pad_to_multiple,
+    resize_image,
+    resolve_input_norm,
+)
 
 EXPORT_INFO_FILE = "msad_export.json"
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -39,9 +47,13 @@ class ExportSpec:
 
     Attributes:
       resolution: ``high`` (H) or ``low`` (L = H / k).
-      short_side, max_side: resize target (Detectron2 ResizeShortestEdge semantics).
+      short_side, max_side: resize target of the original image (Detectron2
+        ResizeShortestEdge semantics): H for ``subsample`` > 1.
       shift: pyramid shift the model reads (0: P3..P7; m: the aligned levels P(3-m)'..P(7-m)').
-      pad_multiple: the resized image is zero padded (after normalisation) to a multiple of this.
+      pad_multiple: the network input is zero padded (after normalisation) to a multiple of this.
+      subsample: s of the strided subsample x[:, ::s, ::s] the network reads of the normalised,
+        padded resized image (``network_input``): k at L with ``eval.low_input`` subsample, else 1.
+      input_norm: ``normalize_image`` mode (``imagenet_std`` or ``caffe``).
     """
 
     resolution: str
@@ -49,11 +61,20 @@ class ExportSpec:
     max_side: int
     shift: int
     pad_multiple: int
+    subsample: int = 1
+    input_norm: str = "imagenet_std"
+
+    @property
+    def input_multiple(self) -> int:
+        """The resized image is padded to a multiple of this before the subsample, so that the
+        network input is a multiple of ``pad_multiple``."""
+        return self.pad_multiple * self.subsample
 
     @property
     def canvas_side(self) -> int:
-        """Smallest padded side that holds any resized image: ceil(max_side / pad) * pad."""
-        return -(-self.max_side // self.pad_multiple) * self.pad_multiple
+        """Smallest padded side that holds any resized image: ceil(max_side / m) * m with
+        m = ``input_multiple``."""
+        return -(-self.max_side // self.input_multiple) * self.input_multiple
 
 
 def deploy_resolution(model, config) -> str:
@@ -76,14 +97,15 @@ def export_spec(model, config, resolution: str | None = None, pad_multiple: int 
     batch is padded to ``data.pad_multiple`` and the shifted levels read its stride-2^m
     subsample, so a model reading shift m gets ``pad_multiple / 2^m`` (a multiple of the
     coarsest stride it reads). ``msad evaluate`` pads every resolution to ``data.pad_multiple``;
-    pass ``pad_multiple`` to reproduce that exactly.
+    pass ``pad_multiple`` to reproduce that exactly. With ``eval.low_input`` subsample the
+    default padding is exactly that of ``msad evaluate`` at L (the subsample of the batch padded
+    to ``data.pad_multiple``). The resize target, subsample and normalisation are those of
+    ``input_geometry`` and ``resolve_input_norm``.
     """
     resolution = resolution or deploy_resolution(model, config)
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution '{resolution}': choose high or low")
-    short_side, max_side = (
-        config.high_resolution() if resolution == "high" else config.low_resolution()
-    )
+    short_side, max_side, subsample = input_geometry(config, resolution)
     shift = int(model.shift_for(resolution))
     coarsest = 2 ** (model.pyramid.max_level - shift)
     if pad_multiple is None:
@@ -94,7 +116,8 @@ def export_spec(model, config, resolution: str | None = None, pad_multiple: int 
             f"pad_multiple {pad_multiple} must be a multiple of the coarsest stride read at shift "
             f"{shift}, {coarsest}"
         )
-    return ExportSpec(resolution, int(short_side), int(max_side), shift, pad_multiple)
+    return ExportSpec(resolution, int(short_side), int(max_side), shift, pad_multiple,
+                      int(subsample), resolve_input_norm(config.model))
 
 
 def _input_error(message: str) -> str:
@@ -139,8 +162,10 @@ class DetectionModule(tf.Module):
     """Serving module: encoded or uint8 images in, OD API detections out.
 
     Preprocessing is the input pipeline's (``msad_tf.data.pipeline.prepare_image`` at
-    evaluation): resize with ``resize_image`` to the spec's short/max side, normalise, zero pad
-    the batch to the largest resized image, then to a multiple of ``spec.pad_multiple``.
+    evaluation): resize with ``resize_image`` to the spec's short/max side, normalise with
+    ``spec.input_norm``, zero pad the batch to the largest resized image, then to a multiple of
+    ``spec.input_multiple``, and read its subsample ``network_input(..., spec.subsample)``, as
+    ``predict_coco`` does. Boxes come back normalised by the resized image's size.
 
     Args:
       model: an FCOSDetector (or MultiScaleTeacher) with ``detect(images, image_sizes, shift)``.
@@ -216,7 +241,7 @@ class DetectionModule(tf.Module):
             resized, _ = resize_image(image, spec.short_side, spec.max_side)
         size = tf.shape(resized)[:2]
         canvas = tf.pad(
-            normalize_image(resized),
+            normalize_image(resized, spec.input_norm),
             [[0, spec.max_side - size[0]], [0, spec.max_side - size[1]], [0, 0]],
         )
         return canvas, size
@@ -225,9 +250,9 @@ class DetectionModule(tf.Module):
         """canvases float32 [B, max_side, max_side, 3], sizes int32 [B, 2] -> OD API dict."""
         spec = self.spec
         extent = tf.reduce_max(sizes, axis=0)
-        batch = pad_to_multiple(canvases[:, : extent[0], : extent[1], :], spec.pad_multiple)
-        detections = self.model.detect(batch, sizes, spec.shift)
-        return detections_to_od_api(detections, sizes, self._state.category_ids)
+        batch = pad_to_multiple(canvases[:, : extent[0], : extent[1], :], spec.input_multiple)
+        detections = self.model.detect(*network_input(batch, sizes, spec.subsample), spec.shift)
+        return detections_to_od_api(detections, sizes, self._state.category_ids, spec.subsample)
 
 
 class Untracked:
@@ -239,14 +264,16 @@ class Untracked:
         self.__dict__.update(values)
 
 
-def detections_to_od_api(detections, image_sizes, category_ids):
+def detections_to_od_api(detections, image_sizes, category_ids, subsample: int = 1):
     """Library detections -> TF Object Detection API outputs.
 
     Args:
-      detections: dict from ``FCOSDetector.detect``: boxes [B, D, 4] in pixels of the resized
-        image, scores [B, D], classes [B, D] int32 contiguous, num_detections [B] int32.
+      detections: dict from ``FCOSDetector.detect``: boxes [B, D, 4] in pixels of the network
+        input (the resized image subsampled by ``subsample``), scores [B, D], classes [B, D]
+        int32 contiguous, num_detections [B] int32.
       image_sizes: int32 [B, 2] resized (h, w) the boxes are normalised by.
       category_ids: dataset category id of each contiguous class.
+      subsample: s of ``network_input``: boxes * s are in pixels of the resized image.
     Returns:
       dict detection_boxes float32 [B, D, 4] in [0, 1], detection_scores float32 [B, D],
       detection_classes float32 [B, D] category ids (0 past num_detections),
@@ -258,7 +285,7 @@ def detections_to_od_api(detections, image_sizes, category_ids):
     valid = tf.range(tf.shape(detections["scores"])[1])[None, :] < num[:, None]
     ids = tf.gather(tf.constant(category_ids, tf.float32), detections["classes"])
     return {
-        "detection_boxes": detections["boxes"] / scale,
+        "detection_boxes": detections["boxes"] * float(subsample) / scale,
         "detection_scores": detections["scores"],
         "detection_classes": tf.where(valid, ids, 0.0),
         "num_detections": tf.cast(num, tf.float32),
@@ -273,6 +300,9 @@ def export_info(spec: ExportSpec, category_ids, category_names, source_run=None,
         "max_side": spec.max_side,
         "shift": spec.shift,
         "pad_multiple": spec.pad_multiple,
+        "subsample": spec.subsample,
+        "low_input": ("subsample" if spec.subsample > 1 else "resize") if spec.resolution == "low" else None,
+        "input_norm": spec.input_norm,
         "category_ids": [int(i) for i in category_ids],
         "category_names": list(category_names),
         "source_run": str(Path(source_run).resolve()) if source_run else None,

@@ -8,10 +8,12 @@ the antialiased resize of training is not a TFLite builtin):
                                   in the top-left corner, anything in the rest
   image_size  int32 [2]           (h, w) of the resized image inside ``images``
 
-H, W default to the canvas side ceil(max_side / pad_multiple) * pad_multiple, which holds any
-resized image. Inside: normalise, zero the area outside ``image_size`` (the zero padding of
-training, after normalisation), network, decode, per-class NMS (NON_MAX_SUPPRESSION_V5) and
-the OD API outputs of the SavedModel with batch 1 (boxes normalised by ``image_size``).
+H, W default to the canvas side ceil(max_side / m) * m (m = ``ExportSpec.input_multiple``),
+which holds any resized image. Inside: normalise (``spec.input_norm``), zero the area outside
+``image_size`` (the zero padding of training, after normalisation), take the strided subsample
+x[:, ::s, ::s] (s = ``spec.subsample``: k at L with ``eval.low_input`` subsample; a STRIDED_SLICE),
+network, decode, per-class NMS (NON_MAX_SUPPRESSION_V5) and the OD API outputs of the
+SavedModel with batch 1 (boxes normalised by ``image_size``).
 ``prepare_input`` does the caller's part in Python; ``TFLiteDetector`` runs a file.
 
 Quantization: ``none`` (float32), ``fp16`` (float16 weights), ``dynamic`` (int8 weights,
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from msad_tf.data.preprocess import normalize_image, resize_image
+from msad_tf.data.preprocess import network_input, normalize_image, resize_image
 from msad_tf.export import QUANTIZATIONS
 from msad_tf.export.saved_model import (
     ExportSpec,
@@ -203,7 +205,7 @@ class TFLiteDetectionModule(tf.Module):
       model: FCOSDetector (or MultiScaleTeacher).
       spec: ExportSpec; ``spec.shift`` chooses the levels read.
       category_ids: dataset category id of each contiguous class.
-      input_size: (H, W) of the input canvas, multiples of ``spec.pad_multiple``; default the
+      input_size: (H, W) of the input canvas, multiples of ``spec.input_multiple``; default the
         square ``spec.canvas_side``.
     """
 
@@ -211,10 +213,10 @@ class TFLiteDetectionModule(tf.Module):
         super().__init__(name="msad_tflite_detector")
         side = spec.canvas_side
         height, width = (side, side) if input_size is None else (int(s) for s in input_size)
-        if height % spec.pad_multiple or width % spec.pad_multiple:
+        if height % spec.input_multiple or width % spec.input_multiple:
             raise ValueError(
                 f"TFLite input size {height}x{width} must be a multiple of pad_multiple "
-                f"{spec.pad_multiple}"
+                f"{spec.pad_multiple} times subsample {spec.subsample}"
             )
         self.input_size = (height, width)
         self._state = Untracked(model=model, spec=spec, category_ids=[int(i) for i in category_ids])
@@ -240,27 +242,32 @@ class TFLiteDetectionModule(tf.Module):
         rows = tf.range(height)[:, None] < image_size[0]
         cols = tf.range(width)[None, :] < image_size[1]
         mask = tf.logical_and(rows, cols)[None, :, :, None]
-        return tf.where(mask, normalize_image(images), 0.0), image_size
+        return tf.where(mask, normalize_image(images, self._state.spec.input_norm), 0.0), image_size
 
     def _outputs(self, images, image_size):
+        """-> (head outputs per level, image_size int32 [2] clipped, network image size int32
+        [2]: ceil(image_size / subsample))."""
         state = self._state
         normalized, image_size = self.normalized_input(images, image_size)
-        return head_outputs_at(state.model, normalized, state.spec.shift, lite_head=True), image_size
+        network, network_size = network_input(normalized, image_size, state.spec.subsample)
+        outputs = head_outputs_at(state.model, network, state.spec.shift, lite_head=True)
+        return outputs, image_size, network_size
 
     def _detect(self, images, image_size):
         """-> detection_boxes [1, D, 4] normalised by image_size, detection_scores [1, D],
         detection_classes [1, D] float32 category ids (0 past num_detections),
         num_detections float32 [1]."""
         state = self._state
-        outputs, image_size = self._outputs(images, image_size)
+        outputs, image_size, network_size = self._outputs(images, image_size)
         with tf.name_scope(FLOAT_SCOPE):
             size = tf.cast(image_size, tf.float32)
             boxes, scores, classes, num = postprocess_single(
                 [{key: value[0] for key, value in level.items()} for level in outputs],
                 state.model.pyramid.strides(state.spec.shift),
-                size,
+                tf.cast(network_size, tf.float32),
                 state.model.postprocess_config,
             )
+            boxes = boxes * float(state.spec.subsample)
             valid = tf.range(tf.shape(scores)[0]) < num
             ids = tf.gather(tf.constant(state.category_ids, tf.float32), classes)
             return {
@@ -272,7 +279,7 @@ class TFLiteDetectionModule(tf.Module):
 
     def _raw(self, images, image_size):
         """-> cls_logits [1, N, C], box_reg [1, N, 4], centerness [1, N] (logits)."""
-        outputs, _ = self._outputs(images, image_size)
+        outputs, _, _ = self._outputs(images, image_size)
         return flatten_head_outputs(outputs)
 
 
@@ -433,7 +440,7 @@ def prepare_input(image, spec: ExportSpec, input_size):
 
     Args:
       image: uint8 [H, W, 3] RGB.
-      spec: the export's ExportSpec (resize target).
+      spec: the export's ExportSpec (resize target; the model normalises and subsamples).
       input_size: (H_in, W_in) of the model input.
     Returns:
       (images uint8 [1, H_in, W_in, 3] with the resized image top-left and zeros elsewhere,
@@ -554,7 +561,8 @@ class TFLiteDetector:
         self.info = read_export_info(self.path)
         self.spec = ExportSpec(
             self.info["resolution"], self.info["short_side"], self.info["max_side"],
-            self.info["shift"], self.info["pad_multiple"],
+            self.info["shift"], self.info["pad_multiple"], self.info.get("subsample", 1),
+            self.info.get("input_norm", "imagenet_std"),
         )
         self.input_size = tuple(self.info["input_size"])
         self.interpreter = Interpreter(

@@ -58,6 +58,7 @@ def make_train_dataset(config: Config, train_data, global_batch: int):
     worker. Each worker reads and decodes every image for that.
     """
     from msad_tf.data import build_dataset
+    from msad_tf.data.preprocess import resolve_input_norm
 
     short_side, max_side = train_resolution(config)
     d = config.data
@@ -78,6 +79,7 @@ def make_train_dataset(config: Config, train_data, global_batch: int):
         seed=config.train.seed,
         num_parallel_calls=d.num_parallel_calls if d.num_parallel_calls > 0 else tf.data.AUTOTUNE,
         repeat=True,
+        input_norm=resolve_input_norm(config.model),
     ).with_options(options)
 
 
