@@ -17,6 +17,8 @@ import yaml
 
 
 FPN_INITS = ("c2_xavier", "he_uniform")
+#: The authors' LR warm-up and KD ramp: 500 of 90k iterations.
+AUTHORS_WARMUP = 500 / 90000
 
 
 class ConfigError(ValueError):
@@ -77,6 +79,8 @@ class DataConfig:
     """Dataset location and input pipeline.
 
     ``short_side``/``max_side`` define the high resolution H; the low resolution L is H / k.
+    ``cache_images`` keeps decoded training images in memory (``auto``: when a folder
+    dataset's decoded images fit in 2 GiB; TFRecord shards are never cached).
     """
 
     root: str = "data/msad_synth"
@@ -91,6 +95,7 @@ class DataConfig:
     max_boxes: int = 100
     shuffle_buffer: int = 512
     num_parallel_calls: int = -1
+    cache_images: bool | str = "auto"
     check_images: bool = True
 
     def ann_file(self, split: str) -> str:
@@ -124,7 +129,9 @@ class TrainConfig:
     base_batch: int = 16
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_steps: int = 500
+    weight_decay_mode: str = "coupled"
+    warmup: float = AUTHORS_WARMUP
+    warmup_steps: int | None = None
     warmup_factor: float = 0.001
     lr_decay_epochs: list[float] = field(default_factory=lambda: [8, 11])
     lr_decay_factor: float = 0.1
@@ -146,7 +153,9 @@ class TrainConfig:
     aligned: bool = True
     gamma: float = 0.2
     tau: float = 3.0
-    kd_warmup_steps: int = 500
+    det_weight: float | None = 1.0
+    kd_warmup: float = AUTHORS_WARMUP
+    kd_warmup_steps: int | None = None
     student_init: str = "teacher"
 
 
@@ -186,6 +195,31 @@ class Config:
 
     def high_resolution(self) -> tuple[int, int]:
         return self.data.short_side, self.data.max_side
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the whole run (both stages of a two-step teacher)."""
+        t = self.train
+        epochs = t.epochs + (t.stage2_epochs if t.mode == "teacher" and t.schedule == "two_step" else 0)
+        return epochs * steps_per_epoch
+
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        """LR warm-up in steps: ``train.warmup_steps`` or ``train.warmup`` x the run's steps."""
+        t = self.train
+        if t.warmup_steps is not None:
+            return int(t.warmup_steps)
+        return int(round(t.warmup * self.total_steps(steps_per_epoch)))
+
+    def kd_warmup_steps(self, steps_per_epoch: int) -> int:
+        """KD ramp in steps: ``train.kd_warmup_steps`` or ``train.kd_warmup`` x the run's steps."""
+        t = self.train
+        if t.kd_warmup_steps is not None:
+            return int(t.kd_warmup_steps)
+        return int(round(t.kd_warmup * self.total_steps(steps_per_epoch)))
+
+    def det_weight(self) -> float:
+        """Weight of the student's detection loss (``train.det_weight``, null: 1 - gamma)."""
+        t = self.train
+        return 1.0 - t.gamma if t.det_weight is None else float(t.det_weight)
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -307,6 +341,18 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.fusion '{m.fusion}': choose cff, sigmoid, channel, sc_sum or cc")
     if m.fpn_channels % m.gn_groups:
         raise ConfigError(f"model.gn_groups {m.gn_groups} must divide fpn_channels {m.fpn_channels}")
+    if config.data.cache_images not in (True, False, "auto"):
+        raise ConfigError(f"data.cache_images '{config.data.cache_images}': choose true, false or auto")
+    if t.weight_decay_mode not in ("coupled", "decoupled"):
+        raise ConfigError(f"train.weight_decay_mode '{t.weight_decay_mode}': choose coupled or decoupled")
+    for name in ("warmup", "kd_warmup"):
+        if not 0.0 <= getattr(t, name) <= 1.0:
+            raise ConfigError(f"train.{name} {getattr(t, name)} is a fraction of the run: use 0..1")
+    for name in ("warmup_steps", "kd_warmup_steps"):
+        if getattr(t, name) is not None and getattr(t, name) < 0:
+            raise ConfigError(f"train.{name} {getattr(t, name)} must be >= 0")
+    if t.det_weight is not None and t.det_weight < 0:
+        raise ConfigError(f"train.det_weight {t.det_weight} must be >= 0 (null: 1 - gamma)")
     if t.mode not in ("single", "vanilla_multiscale", "aligned", "teacher", "student"):
         raise ConfigError(
             f"train.mode '{t.mode}': choose single, vanilla_multiscale, aligned, teacher or student"

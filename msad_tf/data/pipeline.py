@@ -47,6 +47,33 @@ def records_dataset(dataset: CocoDataset) -> tf.data.Dataset:
     )
 
 
+#: ``cache_images="auto"`` keeps decoded images in memory up to this many bytes.
+CACHE_AUTO_BYTES = 2 * 1024**3
+
+
+def decoded_bytes(dataset: CocoDataset) -> int:
+    """Bytes of every image of ``dataset`` decoded to uint8 RGB."""
+    return int(sum(3 * r.height * r.width for r in dataset.records))
+
+
+def use_image_cache(setting, dataset) -> bool:
+    """Whether to cache decoded images: ``setting`` True/False, or "auto" (a folder dataset whose
+    decoded images fit in ``CACHE_AUTO_BYTES``)."""
+    if setting == "auto":
+        return isinstance(dataset, CocoDataset) and decoded_bytes(dataset) <= CACHE_AUTO_BYTES
+    return bool(setting) and isinstance(dataset, CocoDataset)
+
+
+def _decode(encoded):
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def _read_and_decode(element):
+    example = _read_file(element)
+    return dict(example, encoded=_decode(example["encoded"]))
+
+
 def _read_file(element):
     return {
         "encoded": tf.io.read_file(element["path"]),
@@ -68,8 +95,8 @@ def prepare_image(example, index, *, short_side, max_side, training, jitter, fli
     """The per-image transform of the pipeline.
 
     Args:
-      example: dict(encoded string, image_id int64, boxes float32 [N, 4] original pixels,
-        classes int32 [N]).
+      example: dict(encoded string (or the decoded uint8 [H, W, 3] image), image_id int64,
+        boxes float32 [N, 4] original pixels, classes int32 [N]).
       index: int64 scalar, position of the element in the stream (seeds its randomness).
       input_norm: ``normalize_image`` mode (``resolve_input_norm`` of the model config).
     Returns:
@@ -77,8 +104,8 @@ def prepare_image(example, index, *, short_side, max_side, training, jitter, fli
       (zero padded), classes int32 [max_boxes] (-1 padded), image_ids int64, scales float32,
       image_sizes int32 [2] = (h, w)).
     """
-    image = tf.io.decode_image(example["encoded"], channels=3, expand_animations=False)
-    image = tf.ensure_shape(image, [None, None, 3])
+    encoded = example["encoded"]
+    image = encoded if encoded.dtype == tf.uint8 else _decode(encoded)
     u = tf.random.stateless_uniform([2], seed=tf.stack([tf.constant(seed, tf.int64), index]))
     if training:
         alpha = jitter[0] + (jitter[1] - jitter[0]) * u[0]
@@ -133,6 +160,7 @@ def build_dataset(
     deterministic=None,
     input_context=None,
     input_norm="imagenet_std",
+    cache_images=False,
 ) -> tf.data.Dataset:
     """Batches of a COCO dataset ready for the detectors.
 
@@ -153,6 +181,8 @@ def build_dataset(
         None keeps the order (tf.data's default), so the stream depends only on ``seed``.
       drop_remainder: default ``training``.
       repeat: repeat forever (each pass reshuffled when training).
+      cache_images: keep a folder dataset's decoded images in memory after the first pass (the
+        stream is identical: the shuffle permutes the same list with the same seed).
       input_context: a tf.distribute.InputContext (from ``distribute_datasets_from_function``):
         this pipeline then reads only its share of the data, TFRecord files if there are at
         least as many as pipelines, records otherwise. ``batch_size`` stays per pipeline.
@@ -179,9 +209,12 @@ def build_dataset(
         ds = records_dataset(source)
         if shards > 1:
             ds = ds.shard(shards, shard_index)
+        to_example = _read_file
+        if cache_images:
+            ds = ds.map(_read_and_decode, num_parallel_calls=num_parallel_calls).cache()
+            to_example = dict
         if training:
             ds = ds.shuffle(len(source.records), seed=seed, reshuffle_each_iteration=True)
-        to_example = _read_file
     elif isinstance(source, (str, os.PathLike)):
         pattern = os.fspath(source)
         num_files = len(_tfrecord_files(pattern))

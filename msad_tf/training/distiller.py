@@ -4,9 +4,10 @@ The student sees only the stride-k subsample x' = x[:, ::k, ::k, :] of the padde
 batch and reads the aligned levels P(3-m)'..P(7-m)' (``aligned=True``), so each student level
 has the spatial size of the teacher level it imitates:
 
-    L_S = gamma * ramp(step) * L_KD(P^T_s, P^S_{s-m}) + (1 - gamma) * L_det(x')
+    L_S = gamma * ramp(step) * L_KD(P^T_s, P^S_{s-m}) + det_weight * L_det(x')
 
-``ramp`` rises linearly from 0 to 1 over ``kd_warmup_steps`` (authors' code: 500). L_det uses the
+``det_weight`` is 1.0 in the authors' code (the paper's eq. 8 writes 1 - gamma). ``ramp`` rises
+linearly from 0 to 1 over ``kd_warmup_steps`` (authors' code: 500 of 90k). L_det uses the
 same high-res-frame targets as the teacher's branches. With ``aligned=False`` the student reads
 the normal P3..P7 of x' (maps k times smaller), is trained on targets rescaled to its frame, and
 the loss resizes the teacher maps (paper Table 3a, "not aligned").
@@ -93,7 +94,8 @@ class Distiller(keras.Model):
       student: FCOSDetector whose ``inference_shift`` is the pyramid shift m when aligned.
       distill_loss: a layer from ``msad_tf.losses.distillation`` (its adapters are trained with
         the student and discarded after training).
-      gamma: weight of L_KD; the detection loss gets 1 - gamma.
+      gamma: weight of L_KD.
+      det_weight: weight of the detection loss (None: 1 - gamma, the paper's eq. 8).
       kd_warmup_steps: linear ramp of the KD term (0: off).
       teacher_target: ``fused`` (C-FF pyramid, needs a MultiScaleTeacher), ``high`` (teacher
         P3..P7 on x) or ``low`` (teacher P(3-m)'..P(7-m)' on x').
@@ -102,7 +104,7 @@ class Distiller(keras.Model):
     """
 
     def __init__(self, teacher, student, distill_loss, gamma=0.2, kd_warmup_steps=0,
-                 teacher_target="fused", teacher_bn_training=False, aligned=True, **kwargs):
+                 teacher_target="fused", teacher_bn_training=False, aligned=True, det_weight=None, **kwargs):
         super().__init__(**kwargs)
         check_compatible(teacher, student)
         if teacher_target == "fused" and not hasattr(teacher, "fused_features"):
@@ -115,6 +117,7 @@ class Distiller(keras.Model):
         self.student = student
         self.distill_loss = distill_loss
         self.gamma = float(gamma)
+        self.det_weight = 1.0 - self.gamma if det_weight is None else float(det_weight)
         self.kd_warmup_steps = int(kd_warmup_steps)
         self.teacher_target = teacher_target
         self.teacher_bn_training = bool(teacher_bn_training)
@@ -184,7 +187,7 @@ class Distiller(keras.Model):
         losses = {"loss_kd": kd, "loss_det": det["total"]}
         for part in _PARTS:
             losses[f"det_{part}"] = det[part]
-        losses["loss"] = self.gamma * self.kd_ramp() * kd + (1.0 - self.gamma) * det["total"]
+        losses["loss"] = self.gamma * self.kd_ramp() * kd + self.det_weight * det["total"]
         return losses
 
     def trainable_student_variables(self):
@@ -200,7 +203,8 @@ class Distiller(keras.Model):
             losses = self.compute_losses(data, training=True)
             scaled = self.optimizer.scale_loss(losses["loss"])
         gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply(gradients, variables)
+        used = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        self.optimizer.apply([g for g, _ in used], [v for _, v in used])
         replicas = tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
         for name, tracker in self.loss_trackers.items():
             tracker.update_state(losses[name] * replicas)

@@ -58,6 +58,7 @@ def make_train_dataset(config: Config, train_data, global_batch: int):
     worker. Each worker reads and decodes every image for that.
     """
     from msad_tf.data import build_dataset
+    from msad_tf.data.pipeline import use_image_cache
     from msad_tf.data.preprocess import resolve_input_norm
 
     short_side, max_side = train_resolution(config)
@@ -80,36 +81,43 @@ def make_train_dataset(config: Config, train_data, global_batch: int):
         num_parallel_calls=d.num_parallel_calls if d.num_parallel_calls > 0 else tf.data.AUTOTUNE,
         repeat=True,
         input_norm=resolve_input_norm(config.model),
+        cache_images=use_image_cache(d.cache_images, source),
     ).with_options(options)
 
 
 def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """SGD with momentum, decoupled weight decay on kernels, warm-up and step decay.
+    """SGD with momentum, weight decay on kernels (coupled L2 by default, see
+    ``msad_tf.training.optimizers``), warm-up and step decay.
 
     The learning rate scales linearly with the global batch (base_lr at base_batch).
     ``train.clipnorm`` clips the global norm of the gradients, ``train.clipvalue`` each element.
     Keras clips before the cross-replica all-reduce, so with R replicas the bound holds per
     replica (the summed gradient's norm is at most R * clipnorm).
     """
+    from msad_tf.training.optimizers import CoupledSGD
+
     t = config.train
     lr = t.base_lr * t.batch_size / t.base_batch
     schedule = WarmupStepDecay(
         lr,
         boundaries=[round(e * steps_per_epoch) for e in t.lr_decay_epochs],
         decay_factor=t.lr_decay_factor,
-        warmup_steps=t.warmup_steps,
+        warmup_steps=config.warmup_steps(steps_per_epoch),
         warmup_factor=t.warmup_factor,
     )
+    clipping = dict(global_clipnorm=t.clipnorm, clipvalue=t.clipvalue)
+    if t.weight_decay and t.weight_decay_mode == "coupled":
+        return CoupledSGD(schedule, momentum=float(t.momentum), l2=t.weight_decay, l2_exclude=NO_WEIGHT_DECAY,
+                          **clipping)
     optimizer = keras.optimizers.SGD(
-        schedule, momentum=float(t.momentum), weight_decay=t.weight_decay or None, global_clipnorm=t.clipnorm,
-        clipvalue=t.clipvalue,
+        schedule, momentum=float(t.momentum), weight_decay=t.weight_decay or None, **clipping
     )
     if t.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return optimizer
 
 
-def build_distiller(config: Config, train_data):
+def build_distiller(config: Config, train_data, steps_per_epoch: int = 1):
     """Distiller for ``train.mode = student``: loads the teacher run, builds and initialises
     the student, and the configured distillation loss."""
     from msad_tf.losses.distillation import build_distillation_loss
@@ -138,8 +146,9 @@ def build_distiller(config: Config, train_data):
         **({"tau": t.tau} if t.distill_loss == "msad_l1" else {}),
     )
     return Distiller(
-        teacher, student, loss, gamma=t.gamma, kd_warmup_steps=t.kd_warmup_steps,
+        teacher, student, loss, gamma=t.gamma, kd_warmup_steps=config.kd_warmup_steps(steps_per_epoch),
         teacher_target=t.teacher_target, teacher_bn_training=t.teacher_bn_training, aligned=t.aligned,
+        det_weight=config.det_weight(),
     )
 
 
@@ -309,7 +318,7 @@ def _train(config: Config, strategy, run_dir: Path, backup_dir: Path, progress: 
 
     with strategy.scope():
         if t.mode == "student":
-            model = build_distiller(config, train_data)
+            model = build_distiller(config, train_data, steps_per_epoch)
         else:
             model = runs.build_model(config, train_data.num_classes)
     stages = training_stages(config)
