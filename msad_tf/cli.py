@@ -13,6 +13,7 @@
   msad benchmark infer   Keras / SavedModel / TFLite latency at H and L, sizes, FLOPs
   msad demo              the main job on the embedded dataset
   msad ablation SUITE    the paper's ablation tables at demo scale (teacher, student, budget)
+  msad reproduce         the paper's tables and claims at a converged budget, 3 seeds (resumable)
 
 Every command takes ``--help``.
 """
@@ -176,7 +177,8 @@ def cmd_benchmark(args):
     from msad_tf.evaluation.benchmark import benchmark_train, format_train_benchmark
 
     config = _resolve_config(args)
-    result = benchmark_train(config, modes=args.modes, steps=args.steps)
+    result = benchmark_train(config, modes=args.modes, steps=args.steps, speedups=args.speedups,
+                             rounds=args.rounds)
     print(format_train_benchmark(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -207,6 +209,14 @@ def cmd_ablation(args):
     for suite in args.suite:
         run_ablation(suite, config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
                      force=args.force, only=args.only)
+
+
+def cmd_reproduce(args):
+    from msad_tf.reproduce import run_reproduce
+
+    run_reproduce(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
+                  seeds=tuple(args.seeds), variants=not args.no_variants, plateau=not args.no_plateau,
+                  curves=not args.no_curves)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["single", "vanilla_multiscale", "aligned", "teacher", "student"],
                    help="training modes to time (ratios are against 'single'; student = one "
                         "distillation step with a fusion teacher)")
-    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the variants")
+    speedups = ("fused_bn", "batch_heads", "bfloat16", "jit_compile")
+    b.add_argument("--speedups", nargs="*", default=list(speedups), choices=list(speedups),
+                   help="speed-ups to switch one at a time (besides 'default' and 'before')")
     b.add_argument("--json")
     b.set_defaults(func=cmd_benchmark)
     b = bench.add_parser("data", help="training-pipeline images/s per num_parallel_calls, folder and TFRecords")
@@ -320,6 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", help="run names of the suite to do")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's tables (1, 2a-c, 3a, 4) and claims at a converged budget with seeds; resumable",
+        description="Trains (or reuses, or resumes) every run in OUT, evaluates each once (cached), "
+                    "and writes OUT/reproduce.{json,md}, OUT/reproduce_curves.png and "
+                    "OUT/reproduce_claims.png. Run it again after an interruption to continue.",
+    )
+    _add_config_args(p, default_config="configs/reproduce.yaml")
+    p.add_argument("--out", default="runs/reproduce", help="run directory (runs are reused)")
+    p.add_argument("--data", default="data/msad_synth", help="the embedded dataset (generated when missing)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--no-variants", action="store_true", help="skip the seed-0 variant rows (Tables 2, 2c, 3a)")
+    p.add_argument("--no-plateau", action="store_true", help="skip the 2x-budget plateau runs")
+    p.add_argument("--no-curves", action="store_true", help="skip AP of the epoch checkpoints")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 

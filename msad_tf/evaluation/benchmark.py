@@ -37,56 +37,133 @@ def pipeline_images_per_second(dataset, batch_size: int, num_batches: int = 20, 
 
 def train_step_seconds(model, batch, steps: int = 10, warmup: int = 2) -> float:
     """Median seconds of one compiled train step of ``model`` on a fixed ``batch``."""
-    model.make_train_function()
-    step = model.train_function
-    data = tf.data.Dataset.from_tensors(batch).repeat()
-    iterator = iter(data)
-    times = time_calls(lambda: step(iterator), warmup, steps)
+    step = _step_function(model, batch)
+    times = time_calls(step, warmup, steps)
     return float(np.median(times))
 
 
-def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches: int = 20,
-                    build_model=None, progress=True) -> dict:
-    """Pipeline images/s and per-mode train-step images/s at the high resolution.
+def _step_function(model, batch):
+    """() -> one compiled train step of ``model`` on a fixed ``batch``."""
+    model.make_train_function()
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    return lambda: model.train_function(iterator)
 
-    Returns dict(batch_size, resolution, pipeline_images_per_second, modes={mode: {step_seconds,
-    images_per_second, ratio_to_single}}, pipeline_over_single_step).
+
+#: Training speed-ups that ``msad benchmark train`` switches: name -> (overrides that turn it
+#: off when it is on by default, or on when it is off by default).
+SPEEDUPS = {
+    "fused_bn": ["model.fused_bn=false"],
+    "batch_heads": ["model.batch_heads=false"],
+    "bfloat16": ["train.precision=float32"],
+    "jit_compile": ["train.jit_compile=true"],
+}
+#: The train step as it was before the speed-ups (the issue's baseline): unfused BatchNorm,
+#: one head pass per branch, mixed bfloat16, no XLA.
+BEFORE = ["model.fused_bn=false", "model.batch_heads=false", "train.precision=mixed_bfloat16",
+          "train.jit_compile=false"]
+
+
+def _variant_config(config, overrides):
+    """A copy of ``config`` with ``section.key=value`` overrides applied."""
+    from msad_tf.config import apply_overrides, config_from_dict
+
+    return config_from_dict(apply_overrides(config.to_dict(), overrides))
+
+
+def _build_for_step(config, mode, num_classes, build_model):
+    """(model compiled for ``mode`` under the config's precision)."""
+    from msad_tf.training.train import make_optimizer
+
+    config.train.mode = mode
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(config.train.precision)
+    try:
+        keras.utils.set_random_seed(config.train.seed)
+        if mode == "student":
+            model = _benchmark_distiller(config, num_classes)
+        else:
+            model = build_model(config, num_classes)
+        model.compile(optimizer=make_optimizer(config, 100), jit_compile=config.train.jit_compile)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return model
+
+
+def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches: int = 20,
+                    build_model=None, progress=True, speedups=tuple(SPEEDUPS), rounds: int = 3) -> dict:
+    """Pipeline images/s and per-mode train-step images/s, with and without each speed-up.
+
+    For every mode, the step is timed as configured (``default``), as it was before the
+    speed-ups (``before``: ``BEFORE``), and with each of ``speedups`` switched
+    (``SPEEDUPS``: off when it is on by default, on when off). All variants of a mode are timed
+    in ``rounds`` interleaved rounds of ``steps`` steps on the same batch, so a busy machine slows
+    them alike; the median step is kept. The pipeline is timed with and without the decoded
+    image cache.
+
+    Returns dict(batch_size, resolution, image_shape, pipeline={cache: images/s, ...},
+    pipeline_images_per_second, modes={mode: {variant: {step_seconds, images_per_second,
+    speedup (before / variant)}}}, and ratio_to_single / pipeline_over_single_step for the
+    defaults.
     """
     from msad_tf.training.runs import build_model as default_build
-    from msad_tf.training.train import load_split, make_optimizer, make_train_dataset
+    from msad_tf.training.train import load_split, make_train_dataset
 
     build_model = build_model or default_build
-    keras.mixed_precision.set_global_policy(config.train.precision)
     train_data = load_split(config, config.data.train_split)
     batch_size = config.train.batch_size
+    pipeline = {}
+    for cache in (False, True):
+        variant = _variant_config(config, [f"data.cache_images={str(cache).lower()}"])
+        dataset = make_train_dataset(variant, train_data, batch_size)
+        pipeline["cache" if cache else "no_cache"] = pipeline_images_per_second(
+            dataset, batch_size, pipeline_batches if not cache else max(pipeline_batches, 2 * len(train_data.records) // batch_size))
     dataset = make_train_dataset(config, train_data, batch_size)
-    pipeline_ips = pipeline_images_per_second(dataset, batch_size, pipeline_batches)
     batch = next(iter(dataset))
     result = {
         "batch_size": batch_size,
         "resolution": list(config.high_resolution()),
         "image_shape": [int(v) for v in batch["images"].shape[1:3]],
-        "pipeline_images_per_second": pipeline_ips,
+        "pipeline": pipeline,
+        "pipeline_images_per_second": pipeline["cache" if _cache_default(config, train_data) else "no_cache"],
         "modes": {},
     }
+    variants = {"default": [], "before": BEFORE}
+    for name in speedups:
+        variants[name] = SPEEDUPS[name]
     for mode in modes:
-        config.train.mode = mode
-        keras.utils.set_random_seed(config.train.seed)
-        if mode == "student":
-            model = _benchmark_distiller(config, train_data.num_classes)
-        else:
-            model = build_model(config, train_data.num_classes)
-        model.compile(optimizer=make_optimizer(config, 100), jit_compile=config.train.jit_compile)
-        seconds = train_step_seconds(model, batch, steps)
-        result["modes"][mode] = {"step_seconds": seconds, "images_per_second": batch_size / seconds}
+        steps_fns = {}
+        for name, overrides in variants.items():
+            model = _build_for_step(_variant_config(config, overrides), mode, train_data.num_classes, build_model)
+            steps_fns[name] = _step_function(model, batch)
+            time_calls(steps_fns[name], 2, 0)
+        times = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, fn in steps_fns.items():
+                times[name] += time_calls(fn, 0, steps)
+        entry = {}
+        for name in variants:
+            seconds = float(np.median(times[name]))
+            entry[name] = {"step_seconds": seconds, "images_per_second": batch_size / seconds}
+        for name in variants:
+            entry[name]["speedup"] = entry["before"]["step_seconds"] / entry[name]["step_seconds"]
+        result["modes"][mode] = entry
         if progress:
-            print(f"  {mode:<20} {seconds * 1000:8.1f} ms/step  {batch_size / seconds:7.1f} images/s")
+            print(f"  {mode:<20} {entry['default']['step_seconds'] * 1000:8.1f} ms/step, "
+                  f"{entry['default']['speedup']:.2f}x the step before the speed-ups", flush=True)
     if "single" in result["modes"]:
-        base = result["modes"]["single"]["step_seconds"]
+        base = result["modes"]["single"]["default"]["step_seconds"]
         for entry in result["modes"].values():
-            entry["ratio_to_single"] = entry["step_seconds"] / base
-        result["pipeline_over_single_step"] = pipeline_ips / result["modes"]["single"]["images_per_second"]
+            entry["default"]["ratio_to_single"] = entry["default"]["step_seconds"] / base
+        result["pipeline_over_single_step"] = (
+            result["pipeline_images_per_second"] / result["modes"]["single"]["default"]["images_per_second"]
+        )
     return result
+
+
+def _cache_default(config, train_data) -> bool:
+    from msad_tf.data.pipeline import use_image_cache
+
+    return use_image_cache(config.data.cache_images, config.data.train_tfrecords or train_data)
 
 
 def _benchmark_distiller(config, num_classes):
@@ -108,15 +185,24 @@ def _benchmark_distiller(config, num_classes):
 def format_train_benchmark(result: dict) -> str:
     lines = [
         f"batch {result['batch_size']}, padded input {result['image_shape']}",
-        f"tf.data pipeline alone: {result['pipeline_images_per_second']:.1f} images/s",
-        f"{'mode':<20} {'ms/step':>9} {'images/s':>9} {'x single':>9}",
+        "tf.data pipeline alone: " + ", ".join(
+            f"{name.replace('_', ' ')} {value:.1f} images/s" for name, value in result["pipeline"].items()),
+        "",
+        "ms/step of each mode as configured (default), before the speed-ups (before: unfused BN,",
+        "one head pass per branch), and with one speed-up switched; x before = before / variant",
+        f"{'mode':<20} {'variant':<22} {'ms/step':>9} {'images/s':>9} {'x before':>9}",
     ]
-    for mode, entry in result["modes"].items():
-        ratio = entry.get("ratio_to_single", float("nan"))
-        lines.append(
-            f"{mode:<20} {entry['step_seconds'] * 1000:9.1f} {entry['images_per_second']:9.1f} {ratio:9.2f}"
-        )
+    labels = {"default": "default", "before": "before", "fused_bn": "without fused_bn",
+              "batch_heads": "without batch_heads", "bfloat16": "float32 (no bf16)",
+              "jit_compile": "with jit_compile"}
+    for mode, entries in result["modes"].items():
+        for name, entry in entries.items():
+            lines.append(f"{mode:<20} {labels.get(name, name):<22} {entry['step_seconds'] * 1000:9.1f} "
+                         f"{entry['images_per_second']:9.1f} {entry['speedup']:9.2f}")
     if "pipeline_over_single_step" in result:
+        ratios = ", ".join(f"{mode} {entries['default']['ratio_to_single']:.2f}"
+                           for mode, entries in result["modes"].items())
+        lines.append(f"default step time relative to single: {ratios}")
         lines.append(
             f"pipeline / single-step throughput: {result['pipeline_over_single_step']:.1f}x "
             "(>= 3x means the model never waits for data)"

@@ -265,3 +265,17 @@ class StepTimer(keras.callbacks.Callback):
             return {}
         return {"step_seconds_median": float(np.median(d)), "step_seconds_mean": float(d.mean()),
                 "timed_steps": int(d.size)}
+
+
+class EpochWeights(keras.callbacks.Callback):
+    """Saves the deployable model's weights after every epoch to ``template.format(epoch=N)``
+    (N from 1): the student of a Distiller, the model itself otherwise, so that
+    ``runs.load_run(run_dir, checkpoint)`` rebuilds any epoch of any run."""
+
+    def __init__(self, template: str):
+        super().__init__()
+        self.template = template
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = getattr(self.model, "student", self.model)
+        model.save_weights(self.template.format(epoch=epoch + 1))

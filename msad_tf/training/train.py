@@ -20,6 +20,7 @@ from msad_tf.training.callbacks import (
     NonFiniteLossError,
     NonFiniteLossGuard,
     StepBackup,
+    EpochWeights,
     StepTimer,
     list_backups,
     nonfinite_variables,
@@ -338,11 +339,7 @@ def _train(config: Config, strategy, run_dir: Path, backup_dir: Path, progress: 
     timer = StepTimer()
     all_callbacks = [
         NonFiniteLossGuard(steps_per_epoch, last_good=last_good),
-        keras.callbacks.ModelCheckpoint(
-            str(run_dir / "checkpoints" / "epoch_{epoch:03d}.weights.h5"),
-            save_weights_only=True,
-            save_freq="epoch",
-        ),
+        EpochWeights(str(run_dir / "checkpoints" / "epoch_{epoch:03d}.weights.h5")),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq=max(steps_per_epoch // 10, 1)),
         csv_logger,
         timer,

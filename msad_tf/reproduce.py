@@ -1,0 +1,403 @@
+"""``msad reproduce``: the paper's tables at a converged budget, with seeds, and its claims.
+
+One resumable command: every run lives in OUT/<name>_s<seed>; a finished run (its
+model.weights.h5) is reused, an interrupted one resumes from its step backup, and every
+evaluation is cached in RUN/reproduce_eval.json. Runs are ordered so that an interrupted
+reproduction has the claims' rows first: the seeded core (Tables 1 and 4 with both controls)
+seed by seed, then the plateau checks, then the seed-0 variant rows (Tables 2 and 3a).
+
+Rows (each evaluated with COCOeval on the val split; L = the subsample the models train on):
+  Table 1   single, vanilla, aligned at H and L (3 seeds)
+  Table 2a/b  each fusion teacher: fused at H against its H branch at H and L branch at L
+            (C-FF with 3 seeds, the variants seed 0)
+  Table 2c  the student distilled from the fused, the H and the aligned-L teacher pyramid (seed 0)
+  Table 3a  each distillation loss, aligned and not aligned (seed 0)
+  Table 4   vanilla at H and L, the MSAD student at L (3 seeds)
+  controls  the student with the same teacher initialization and steps but no KD term, vanilla
+            trained for the teacher's plus the student's steps (equal total training), the
+            student with the teacher's BatchNorm in training mode (authors' code)
+  plateau   single, vanilla, teacher and student at twice the budget (seed 0), and AP of the
+            seed-0 core runs at each epoch checkpoint (AP against steps)
+
+Claims (OUT/reproduce.json, printed): a claim holds when its margin (mean difference minus
+the paper's threshold) exceeds twice the standard error of that difference over the seeds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SEEDS = (0, 1, 2)
+DOUBLE = "train.epochs={epochs2}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the reproduction.
+
+    ``overrides`` may use {out}, {seed}, {epochs2} (twice the epochs) and {decay2} (the LR
+    decay epochs of a run twice as long); ``evals`` are (resolution, branch) pairs.
+    """
+
+    name: str
+    label: str
+    overrides: tuple[str, ...]
+    evals: tuple[tuple[str, str | None], ...]
+    seeds: tuple[int, ...] = SEEDS
+    table: str = ""
+    curve: bool = False
+
+
+def _student(teacher="teacher", *extra):
+    return ("train.mode=student", f"train.teacher_run={{out}}/{teacher}_s{{seed}}", *extra)
+
+
+_HL = (("high", None), ("low", None))
+_L = (("low", None),)
+_TEACHER = (("high", "fused"), ("high", "high"), ("low", "low"))
+_TWICE = ("train.epochs={epochs2}", "train.lr_decay_epochs={decay2}")
+
+CORE = (
+    Run("single", "single-scale", ("train.mode=single",), _HL, table="1", curve=True),
+    Run("vanilla", "vanilla multi-scale", ("train.mode=vanilla_multiscale",), _HL, table="1", curve=True),
+    Run("aligned", "aligned multi-scale", ("train.mode=aligned",), _HL, table="1", curve=True),
+    Run("teacher", "teacher C-FF", ("train.mode=teacher",), _TEACHER, table="2", curve=True),
+    Run("student", "MSAD student (msad_l1, aligned)", _student(), _L, table="4", curve=True),
+    Run("student_no_kd", "student without KD (gamma 0, same init and steps)", _student("teacher", "train.gamma=0"),
+        _L, table="controls"),
+    Run("vanilla_equal", "vanilla multi-scale, teacher + student steps", ("train.mode=vanilla_multiscale",) + _TWICE,
+        _HL, table="controls"),
+)
+PLATEAU = (
+    Run("single_2x", "single-scale, 2x steps", ("train.mode=single",) + _TWICE, _HL, seeds=(0,), table="plateau"),
+    Run("teacher_2x", "teacher C-FF, 2x steps", ("train.mode=teacher",) + _TWICE, _TEACHER, seeds=(0,),
+        table="plateau"),
+    Run("student_2x", "MSAD student, 2x steps", _student() + _TWICE, _L, seeds=(0,), table="plateau"),
+)
+
+
+def _variants():
+    from msad_tf.losses.distillation import DISTILLATION_LOSSES
+
+    runs = [
+        Run(f"teacher_{fusion}", f"teacher {label}", ("train.mode=teacher", f"model.fusion={fusion}"), _TEACHER,
+            seeds=(0,), table="2")
+        for fusion, label in (("sc_sum", "SC-SUM"), ("cc", "CC"), ("sigmoid", "sigmoid (SE)"),
+                              ("channel", "channel-wise"))
+    ]
+    runs += [
+        Run("student_target_high", "student, teacher target = H pyramid", _student("teacher", "train.teacher_target=high"),
+            _L, seeds=(0,), table="2c"),
+        Run("student_target_low", "student, teacher target = aligned L pyramid",
+            _student("teacher", "train.teacher_target=low"), _L, seeds=(0,), table="2c"),
+        Run("student_teacher_bn_train", "student, teacher BatchNorm in training mode",
+            _student("teacher", "train.teacher_bn_training=true"), _L, seeds=(0,), table="controls"),
+    ]
+    for loss in DISTILLATION_LOSSES:
+        for aligned in (True, False):
+            if (loss, aligned) == ("msad_l1", True):
+                continue
+            extra = (f"train.distill_loss={loss}", f"train.aligned={str(aligned).lower()}")
+            if loss == "skd":
+                extra += ("train.clipnorm=10",)
+            runs.append(Run(f"student_{loss}" + ("" if aligned else "_na"),
+                            f"student {loss}, {'aligned' if aligned else 'not aligned'}",
+                            _student("teacher", *extra), _L, seeds=(0,), table="3a"))
+    return tuple(runs)
+
+
+def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True) -> list[tuple[Run, int]]:
+    """(run, seed) in training order: the core seed by seed, the plateau checks, the variants."""
+    order = [(run, seed) for seed in seeds for run in CORE if seed in run.seeds]
+    if plateau:
+        order += [(run, seed) for run in PLATEAU for seed in run.seeds if seed in seeds]
+    if variants:
+        order += [(run, seed) for run in _variants() for seed in run.seeds if seed in seeds]
+    return order
+
+
+def _format(overrides, out, seed, epochs, decay):
+    decay2 = "[" + ",".join(f"{2 * e:g}" for e in decay) + "]"
+    return [o.format(out=out, seed=seed, epochs2=2 * epochs, decay2=decay2) for o in overrides]
+
+
+def _eval_key(resolution, branch, low_input, weights="final"):
+    return f"{weights}/{resolution}/{branch or '-'}/{low_input}"
+
+
+def _evaluate(run_dir: Path, evals, val, weights=None, tag="final") -> dict:
+    """{"resolution/branch": metrics} of a run (cached in RUN/reproduce_eval.json)."""
+    from msad_tf.evaluation.evaluator import evaluate_model
+    from msad_tf.training import runs
+
+    cache_path = run_dir / "reproduce_eval.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    model = config = None
+    result = {}
+    for resolution, branch in evals:
+        if model is None:
+            config, model, _, _ = runs.load_run(run_dir, weights)
+        key = _eval_key(resolution, branch, config.eval.low_input, tag)
+        if key not in cache:
+            cache[key] = evaluate_model(model, val, config, resolution, branch=branch, progress=False)
+            cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        result[f"{resolution}/{branch or '-'}"] = cache[key]
+    return result
+
+
+def _curve(run_dir: Path, evals, val, steps_per_epoch: int) -> list[dict]:
+    """AP of every epoch checkpoint of a run: [{step, resolution/branch: AP}]."""
+    points = []
+    for path in sorted((run_dir / "checkpoints").glob("epoch_*.weights.h5")):
+        epoch = int(path.stem.split("_")[1].split(".")[0])
+        metrics = _evaluate(run_dir, evals, val, weights=path, tag=f"epoch{epoch:03d}")
+        points.append({"step": epoch * steps_per_epoch, **{k: v["AP"] for k, v in metrics.items()}})
+    return points
+
+
+def _stats(values):
+    values = [float(v) for v in values]
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return {"mean": float(np.mean(values)), "std": std, "n": len(values), "values": values}
+
+
+def _claim(name, text, a, b, margin=0.0, higher=True):
+    """Claim "mean(a) - mean(b) > margin" (or "< -margin" read as "at most margin below") held
+    against twice the standard error of the difference of means."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    diff = float(a.mean() - b.mean())
+    se = math.sqrt((a.var(ddof=1) / len(a) if len(a) > 1 else 0.0) + (b.var(ddof=1) / len(b) if len(b) > 1 else 0.0))
+    excess = diff - margin if higher else diff + margin
+    holds = bool(excess > 2 * se) if se > 0 else bool(excess > 0)
+    contradicted = bool(excess < -2 * se) if se > 0 else bool(excess < 0)
+    verdict = "holds" if holds else ("does not hold" if contradicted else "does not hold (within the seed spread)")
+    return {"claim": name, "text": text, "difference": diff, "threshold": margin if higher else -margin,
+            "excess": excess, "se": se, "n": [len(a), len(b)], "holds": holds, "verdict": verdict,
+            "a": a.tolist(), "b": b.tolist()}
+
+
+def _values(rows, name, key, seeds):
+    return [rows[(name, s)][key]["AP"] for s in seeds if (name, s) in rows and key in rows[(name, s)]]
+
+
+def claims_from(rows, seeds) -> list[dict]:
+    """The five claims of the issue plus equal-total-training, from evaluated rows."""
+    v = lambda name, key: _values(rows, name, key, seeds)  # noqa: E731
+    out = []
+
+    def add(*args, **kwargs):
+        a, b = args[2], args[3]
+        if len(a) and len(b):
+            out.append(_claim(*args, **kwargs))
+
+    add("aligned_L_above_vanilla_L", "aligned @L above vanilla @L", v("aligned", "low/-"), v("vanilla", "low/-"))
+    fused = v("teacher", "high/fused")
+    add("cff_fused_above_H_branch", "C-FF fused above its H branch", fused, v("teacher", "high/high"))
+    add("cff_fused_above_L_branch", "C-FF fused above its L branch", fused, v("teacher", "low/low"))
+    add("student_3AP_above_vanilla_L", "student @L at least 3 AP above vanilla @L", v("student", "low/-"),
+        v("vanilla", "low/-"), margin=3.0)
+    add("student_within_1.5_of_vanilla_H", "student @L at most 1.5 AP below vanilla @H", v("student", "low/-"),
+        v("vanilla", "high/-"), margin=1.5, higher=False)
+    add("student_above_no_kd", "student above the no-KD control", v("student", "low/-"), v("student_no_kd", "low/-"))
+    add("student_above_equal_training_L", "student @L above vanilla @L trained teacher + student steps",
+        v("student", "low/-"), v("vanilla_equal", "low/-"))
+    return out
+
+
+def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", data_root="data/msad_synth",
+                  overrides=None, seeds=SEEDS, variants=True, plateau=True, curves=True, progress=True) -> dict:
+    """Train (or reuse) every run, evaluate, and write OUT/reproduce.{json,md} and the plots."""
+    from msad_tf.config import load_config
+    from msad_tf.data.synthetic import make_synthetic_dataset
+    from msad_tf.training import runs
+    from msad_tf.training.train import load_split, train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base_config = load_config(config_path, [f"data.root={data_root}"] + list(overrides or []))
+    if not Path(data_root, "annotations", "instances_val.json").is_file():
+        print(f"== generating the embedded dataset in {data_root}")
+        make_synthetic_dataset(data_root, image_size=base_config.data.short_side)
+    val = load_split(base_config, base_config.data.val_split)
+    epochs, decay = base_config.train.epochs, base_config.train.lr_decay_epochs
+    spe = base_config.train.steps_per_epoch
+    order = all_runs(seeds, variants, plateau)
+    rows, labels, seconds = {}, {}, {}
+    start = time.time()
+    for index, (run, seed) in enumerate(order):
+        run_dir = out / f"{run.name}_s{seed}"
+        extra = _format(run.overrides, out, seed, epochs, decay) + [f"train.seed={seed}"]
+        config = load_config(config_path, [f"data.root={data_root}"] + list(overrides or []) + extra)
+        steps = config.total_steps(config.train.steps_per_epoch)
+        if not (run_dir / runs.WEIGHTS_FILE).is_file():
+            if progress:
+                print(f"== [{index + 1}/{len(order)}] training {run.label}, seed {seed} ({steps} steps) "
+                      f"after {time.time() - start:.0f} s", flush=True)
+            t = time.time()
+            train(config, run_dir, progress=False)
+            seconds[f"{run.name}_s{seed}"] = time.time() - t
+        rows[(run.name, seed)] = _evaluate(run_dir, run.evals, val)
+        labels[run.name] = (run.label, run.table, steps)
+    curves_out = {}
+    if curves:
+        for run in CORE:
+            if run.curve and (run.name, seeds[0]) in rows:
+                run_dir = out / f"{run.name}_s{seeds[0]}"
+                curves_out[run.name] = _curve(run_dir, run.evals, val, spe)
+    result = summarize(rows, labels, seeds, curves_out, base_config, seconds)
+    write_outputs(result, out)
+    if progress:
+        print(format_report(result))
+        print(f"\nfinished in {time.time() - start:.0f} s; results in {out}/reproduce.md")
+    return result
+
+
+def summarize(rows, labels, seeds, curves, config, seconds) -> dict:
+    table = {}
+    for (name, seed), metrics in rows.items():
+        label, tab, steps = labels[name]
+        entry = table.setdefault(name, {"label": label, "table": tab, "steps": steps, "rows": {}})
+        for key, m in metrics.items():
+            entry["rows"].setdefault(key, {})[str(seed)] = m
+    for entry in table.values():
+        for key, per_seed in entry["rows"].items():
+            entry["rows"][key] = {
+                "AP": _stats([m["AP"] for m in per_seed.values()]),
+                "APs": _stats([m["APs"] for m in per_seed.values()]),
+                "seeds": sorted(int(s) for s in per_seed),
+                "per_seed": per_seed,
+            }
+    return {
+        "budget": {"steps_per_run": config.total_steps(config.train.steps_per_epoch),
+                   "batch_size": config.train.batch_size, "H": config.data.short_side,
+                   "L": config.data.short_side // config.model.k, "low_input": config.eval.low_input},
+        "seeds": list(seeds),
+        "table": table,
+        "claims": claims_from(rows, seeds),
+        "curves": curves,
+        "train_seconds": seconds,
+    }
+
+
+_TABLES = (("1", "Table 1: multi-scale training"), ("2", "Table 2a/2b: fusion teachers (fused vs own branches)"),
+           ("2c", "Table 2c: teacher choices"), ("3a", "Table 3a: distillation losses"),
+           ("4", "Table 4: the student"), ("controls", "Controls the paper never reports"),
+           ("plateau", "Plateau check: twice the budget (seed 0)"))
+_COLUMNS = (("high/-", "@H"), ("low/-", "@L"), ("high/fused", "fused @H"), ("high/high", "H branch @H"),
+            ("low/low", "L branch @L"))
+
+
+def _cell(row):
+    ap = row["AP"]
+    if ap["n"] > 1:
+        return f"{ap['mean']:.2f} ± {ap['std']:.2f} (n={ap['n']})"
+    return f"{ap['mean']:.2f} (n=1)"
+
+
+def format_report(result) -> str:
+    b = result["budget"]
+    lines = [f"msad reproduce: {b['steps_per_run']} steps per run (2x runs: twice), batch {b['batch_size']}, "
+             f"H = {b['H']} px, L = {b['L']} px ({b['low_input']}), seeds {result['seeds']}; "
+             "COCO AP on val, mean ± std over seeds", ""]
+    for tab, title in _TABLES:
+        entries = [(name, e) for name, e in result["table"].items() if e["table"] == tab]
+        if not entries:
+            continue
+        lines += [f"### {title}", "", "| run | steps | " + " | ".join(c for _, c in _COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(_COLUMNS)]
+        for _, e in entries:
+            cells = [_cell(e["rows"][k]) if k in e["rows"] else "" for k, _ in _COLUMNS]
+            lines.append(f"| {e['label']} | {e['steps']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "vanilla" in result["table"] and "low/-" in result["table"]["vanilla"]["rows"]:
+        lines.append("### APs (small objects), mean over seeds")
+        lines.append("")
+        for name in ("single", "vanilla", "aligned", "student", "student_no_kd", "vanilla_equal"):
+            e = result["table"].get(name)
+            if e:
+                parts = [f"{c} {e['rows'][k]['APs']['mean']:.2f}" for k, c in (("high/-", "@H"), ("low/-", "@L"))
+                         if k in e["rows"]]
+                lines.append(f"- {e['label']}: " + ", ".join(parts))
+        lines.append("")
+    lines += ["### Claims (holds: margin above 2 standard errors of the difference over seeds)", ""]
+    for c in result["claims"]:
+        lines.append(f"- {c['text']}: **{c['verdict']}** (difference {c['difference']:+.2f} AP, "
+                     f"threshold {c['threshold']:+.1f}, 2 SE {2 * c['se']:.2f}, n = {c['n'][0]}/{c['n'][1]})")
+    return "\n".join(lines)
+
+
+def write_outputs(result, out: Path) -> None:
+    (out / "reproduce.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=float))
+    (out / "reproduce.md").write_text(format_report(result) + "\n")
+    plot_curves(result, out / "reproduce_curves.png")
+    plot_claims(result, out / "reproduce_claims.png")
+
+
+def plot_curves(result, path) -> None:
+    """AP against training steps of the seed-0 core runs (epoch checkpoints), with the 2x runs."""
+    curves = result.get("curves") or {}
+    if not curves:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, points in curves.items():
+        keys = [k for k in points[0] if k != "step"] if points else []
+        for key in keys:
+            ax.plot([p["step"] for p in points], [p[key] for p in points], marker="o", label=f"{name} {key}")
+    for name in ("single_2x", "teacher_2x", "student_2x", "vanilla_equal"):
+        entry = result["table"].get(name)
+        if entry:
+            for key, row in entry["rows"].items():
+                ax.scatter([entry["steps"]], [row["AP"]["values"][0]], marker="*", s=80)
+                ax.annotate(f"{name} {key}", (entry["steps"], row["AP"]["values"][0]), fontsize=7)
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("COCO AP (val)")
+    ax.set_title("AP against steps (epoch checkpoints, seed 0); stars: runs at twice the budget")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_claims(result, path) -> None:
+    """Each claim's two sides as bars with the seed standard deviation."""
+    claims = result.get("claims") or []
+    if not claims:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(claims), figsize=(2.4 * len(claims), 4), squeeze=False)
+    for ax, c in zip(axes[0], claims):
+        means = [np.mean(c["a"]), np.mean(c["b"])]
+        stds = [np.std(c["a"], ddof=1) if len(c["a"]) > 1 else 0, np.std(c["b"], ddof=1) if len(c["b"]) > 1 else 0]
+        ax.bar([0, 1], means, yerr=stds, capsize=4, color=["tab:blue", "tab:gray"])
+        ax.set_xticks([0, 1], ["claimed", "compared"])
+        ax.set_title("\n".join(_wrap(c["text"], 24)) + f"\n{c['verdict']}", fontsize=7)
+    axes[0][0].set_ylabel("AP (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _wrap(text, width):
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if len(line) + len(w) + 1 > width and line:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    return lines + [line]

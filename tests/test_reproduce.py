@@ -1,0 +1,105 @@
+"""msad reproduce: claim verdicts against the seed spread, run order, and a tiny end-to-end
+reproduction that is resumed (runs and evaluations reused)."""
+import json
+
+import numpy as np
+import pytest
+
+from msad_tf import reproduce
+
+
+def test_claim_holds_only_beyond_two_standard_errors():
+    a, b = [10.0, 10.2, 9.8], [8.0, 8.1, 7.9]
+    c = reproduce._claim("x", "a above b", a, b)
+    se = np.sqrt(np.var(a, ddof=1) / 3 + np.var(b, ddof=1) / 3)
+    assert c["difference"] == pytest.approx(2.0)
+    assert c["se"] == pytest.approx(se)
+    assert c["holds"] and c["verdict"] == "holds"
+    noisy = reproduce._claim("x", "a above b", [10.0, 14.0, 6.0], [9.0, 9.5, 8.5])
+    assert not noisy["holds"] and "within the seed spread" in noisy["verdict"]
+    reverse = reproduce._claim("x", "b above a", b, a)
+    assert not reverse["holds"] and reverse["verdict"] == "does not hold"
+
+
+def test_threshold_claims():
+    student, vanilla_low, vanilla_high = [20.0, 20.1, 19.9], [16.0, 16.1, 15.9], [21.0, 21.1, 20.9]
+    three_above = reproduce._claim("s", "", student, vanilla_low, margin=3.0)
+    assert three_above["excess"] == pytest.approx(1.0) and three_above["holds"]
+    four_above = reproduce._claim("s", "", student, vanilla_low, margin=4.5)
+    assert not four_above["holds"]
+    within = reproduce._claim("s", "", student, vanilla_high, margin=1.5, higher=False)
+    assert within["excess"] == pytest.approx(0.5) and within["holds"]
+    below = reproduce._claim("s", "", student, [23.0, 23.1, 22.9], margin=1.5, higher=False)
+    assert below["excess"] == pytest.approx(-1.5) and not below["holds"]
+
+
+def test_claims_from_rows_reads_the_right_rows():
+    rows = {}
+    for seed in (0, 1, 2):
+        ap = lambda v: {"AP": v + 0.1 * seed}  # noqa: E731
+        rows[("vanilla", seed)] = {"high/-": ap(30), "low/-": ap(20)}
+        rows[("aligned", seed)] = {"high/-": ap(29), "low/-": ap(22)}
+        rows[("teacher", seed)] = {"high/fused": ap(31), "high/high": ap(30), "low/low": ap(22)}
+        rows[("student", seed)] = {"low/-": ap(24)}
+        rows[("student_no_kd", seed)] = {"low/-": ap(23.5)}
+        rows[("vanilla_equal", seed)] = {"high/-": ap(33), "low/-": ap(23)}
+    claims = {c["claim"]: c for c in reproduce.claims_from(rows, (0, 1, 2))}
+    assert claims["aligned_L_above_vanilla_L"]["difference"] == pytest.approx(2.0)
+    assert claims["cff_fused_above_H_branch"]["difference"] == pytest.approx(1.0)
+    assert claims["cff_fused_above_L_branch"]["difference"] == pytest.approx(9.0)
+    assert claims["student_3AP_above_vanilla_L"]["excess"] == pytest.approx(1.0)
+    assert claims["student_within_1.5_of_vanilla_H"]["excess"] == pytest.approx(-4.5)
+    assert claims["student_above_no_kd"]["difference"] == pytest.approx(0.5)
+    assert claims["student_above_equal_training_L"]["difference"] == pytest.approx(1.0)
+    assert all(c["holds"] == (c["excess"] > 0) for c in claims.values())
+
+
+def test_run_order_puts_the_seeded_core_first():
+    order = reproduce.all_runs()
+    names = [f"{run.name}_s{seed}" for run, seed in order]
+    assert names[:7] == [f"{n}_s0" for n in ("single", "vanilla", "aligned", "teacher", "student", "student_no_kd",
+                                             "vanilla_equal")]
+    assert names.index("student_s2") < names.index("single_2x_s0") < names.index("teacher_sigmoid_s0")
+    assert len(names) == len(set(names))
+    teacher_of = {n: i for i, n in enumerate(names)}
+    for run, seed in order:
+        for o in run.overrides:
+            if o.startswith("train.teacher_run="):
+                teacher = o.split("/")[-1].format(seed=seed)
+                assert teacher_of[teacher] < teacher_of[f"{run.name}_s{seed}"]
+
+
+@pytest.mark.slow
+def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
+    """Two seeds of the core runs on the tiny dataset; a second call trains and evaluates
+    nothing and gives the same file."""
+    import yaml
+
+    from tests.conftest import TINY_DATA_MODEL
+
+    config = {
+        "model": TINY_DATA_MODEL,
+        "data": {"short_side": 64, "max_side": 64, "pad_multiple": 128, "max_boxes": 8},
+        "train": {"batch_size": 2, "base_batch": 2, "base_lr": 0.01, "epochs": 2, "steps_per_epoch": 2,
+                  "lr_decay_epochs": [1.5], "backup_every": 0, "precision": "float32"},
+        "eval": {"batch_size": 2},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    first = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0, 1), variants=False, plateau=False,
+                                    progress=False)
+    assert {c["claim"] for c in first["claims"]} >= {"aligned_L_above_vanilla_L", "student_above_no_kd"}
+    assert (out / "reproduce_curves.png").is_file() and (out / "reproduce_claims.png").is_file()
+    saved = json.loads((out / "reproduce.json").read_text())
+    assert saved["table"]["vanilla_equal"]["steps"] == 2 * saved["table"]["vanilla"]["steps"]
+    assert saved["table"]["student"]["rows"]["low/-"]["AP"]["n"] == 2
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was trained or evaluated again")
+
+    monkeypatch.setattr("msad_tf.training.train.train", fail)
+    monkeypatch.setattr("msad_tf.evaluation.evaluator.evaluate_model", fail)
+    second = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0, 1), variants=False, plateau=False,
+                                     progress=False)
+    assert json.dumps(second["claims"], sort_keys=True) == json.dumps(first["claims"], sort_keys=True)
