@@ -51,7 +51,7 @@ def cmd_make_dataset(args):
 
     paths = make_synthetic_dataset(
         args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
-        seed=args.seed, progress=not args.quiet,
+        seed=args.seed, progress=not args.quiet, object_scale=args.object_scale,
     )
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
 
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-train", type=int, default=800)
     p.add_argument("--num-val", type=int, default=200)
     p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--object-scale", type=float, default=None,
+                   help="multiplier of the object size bands (default image-size / 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_make_dataset)
@@ -344,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p, default_config="configs/reproduce.yaml")
     p.add_argument("--out", default="runs/reproduce", help="run directory (runs are reused)")
-    p.add_argument("--data", default="data/msad_synth", help="the embedded dataset (generated when missing)")
+    p.add_argument("--data", default="data/msad_synth128",
+                   help="the embedded dataset at 128 px, objects 0.75x (generated when missing)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--no-variants", action="store_true", help="skip the seed-0 variant rows (Tables 2, 2c, 3a)")
     p.add_argument("--no-plateau", action="store_true", help="skip the 2x-budget plateau runs")

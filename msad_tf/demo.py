@@ -23,6 +23,8 @@ DEMO_RUNS = (
     ("vanilla", "vanilla multi-scale", ["train.mode=vanilla_multiscale"], ("high", "low")),
     ("teacher", "fusion teacher", ["train.mode=teacher"], ("high", "low")),
     ("student", "MSAD student", ["train.mode=student", "train.teacher_run={out}/teacher"], ("low",)),
+    ("student_no_kd", "student without KD", ["train.mode=student", "train.teacher_run={out}/teacher", "train.gamma=0"],
+     ("low",)),
 )
 STUDENT_RUN = "student"
 # The demo's deployment step stays short (about a minute on 2 cores): float TFLite only, fewer
@@ -31,10 +33,11 @@ DEMO_EXPORT = {"quantizations": ("none",), "warmup": 3, "repeats": 20, "num_thre
 
 
 def _evaluate_rows(label, model, dataset, config, resolutions):
+    """({table row: metrics}, {"resolution/branch": metrics}) of a model."""
     from msad_tf.cli import model_branches
     from msad_tf.evaluation.evaluator import evaluate_model
 
-    rows = {}
+    rows, keyed = {}, {}
     for resolution in resolutions:
         tag = "H" if resolution == "high" else "L"
         for _, branch in model_branches(model, resolution):
@@ -45,7 +48,22 @@ def _evaluate_rows(label, model, dataset, config, resolutions):
             else:
                 row = f"{label} @{tag}"
             rows[row] = evaluate_model(model, dataset, config, resolution, branch=branch, progress=False)
-    return rows
+            keyed[f"{resolution}/{branch or '-'}"] = rows[row]
+    return rows, keyed
+
+
+def demo_claims(by_run: dict) -> list[dict]:
+    """The reproduction's claims read on the demo's single-seed runs (no seed spread: a claim
+    holds when its margin is positive). Without an ``aligned`` run, the aligned rows are the
+    teacher's own H and L branches (aligned multi-scale training plus fusion)."""
+    from msad_tf.reproduce import claims_from
+
+    rows = {(name, 0): metrics for name, metrics in by_run.items()}
+    if "aligned" not in by_run and "teacher" in by_run:
+        teacher = by_run["teacher"]
+        rows[("aligned", 0)] = {k.replace("/low", "/-").replace("/high", "/-"): v for k, v in teacher.items()
+                                if k in ("high/high", "low/low")}
+    return claims_from(rows, (0,))
 
 
 def export_and_benchmark(run_dir, out, name: str = STUDENT_RUN, **benchmark_args) -> tuple[dict, str]:
@@ -85,6 +103,7 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
         make_synthetic_dataset(data_root)
     base = [f"data.root={data_root}"] + list(overrides or [])
     table = {}
+    by_run = {}
     timings = {}
     steps, low_sides = set(), set()
     val = None
@@ -103,16 +122,22 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
         if val is None:
             val = load_split(config, config.data.val_split)
         print(f"== evaluating {label}", flush=True)
-        rows = _evaluate_rows(label, model, val, config, resolutions)
+        rows, by_run[name] = _evaluate_rows(label, model, val, config, resolutions)
         for row, metrics in rows.items():
             runs.update_metrics(run_dir, row, metrics)
         table.update(rows)
     text = format_table(table, title=(title or "COCO metrics") + f" on {data_root} (val), "
                         f"H = {config.data.short_side}px, L = {_values(low_sides)}px, "
                         f"{_values(steps)} steps per run")
+    claims = demo_claims(by_run) if results_name == "results" else []
+    if claims:
+        text += "\n\nThe paper's claims on these single-seed runs (msad reproduce reads them over 3 seeds):\n"
+        text += "\n".join(f"  {c['text']}: {'holds' if c['holds'] else 'does not hold'} "
+                          f"(difference {c['difference']:+.2f} AP, threshold {c['threshold']:+.1f})" for c in claims)
     print()
     print(text)
-    (out / f"{results_name}.json").write_text(json.dumps({"table": table, "train_seconds": timings}, indent=2))
+    (out / f"{results_name}.json").write_text(json.dumps({"table": table, "claims": claims, "train_seconds": timings},
+                                                         indent=2))
     (out / f"{results_name}.md").write_text("```\n" + text + "\n```\n")
     if export_student and any(run[0] == STUDENT_RUN for run in runs_to_do):
         print(f"\n== exporting the student to {out}/export/{STUDENT_RUN}, timing it at L and H",

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 SEEDS = (0, 1, 2)
-DOUBLE = "train.epochs={epochs2}"
+#: How ``msad reproduce`` generates its dataset when missing (configs/reproduce.yaml).
+DATASET = {"image_size": 128, "object_scale": 0.75}
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,12 @@ def _variants():
 
 
 def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True) -> list[tuple[Run, int]]:
-    """(run, seed) in training order: the core seed by seed, the plateau checks, the variants."""
-    order = [(run, seed) for seed in seeds for run in CORE if seed in run.seeds]
+    """(run, seed) in training order: the core of the first seed, the plateau checks (so that
+    whether the budget is a plateau is known early), the core of the other seeds, the variants."""
+    order = [(run, seeds[0]) for run in CORE if seeds[0] in run.seeds]
     if plateau:
         order += [(run, seed) for run in PLATEAU for seed in run.seeds if seed in seeds]
+    order += [(run, seed) for seed in seeds[1:] for run in CORE if seed in run.seeds]
     if variants:
         order += [(run, seed) for run in _variants() for seed in run.seeds if seed in seeds]
     return order
@@ -137,13 +140,14 @@ def _evaluate(run_dir: Path, evals, val, weights=None, tag="final") -> dict:
 
     cache_path = run_dir / "reproduce_eval.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    model = config = None
+    model = None
+    config = runs.load_config(run_dir / runs.CONFIG_FILE)
     result = {}
     for resolution, branch in evals:
-        if model is None:
-            config, model, _, _ = runs.load_run(run_dir, weights)
         key = _eval_key(resolution, branch, config.eval.low_input, tag)
         if key not in cache:
+            if model is None:
+                config, model, _, _ = runs.load_run(run_dir, weights)
             cache[key] = evaluate_model(model, val, config, resolution, branch=branch, progress=False)
             cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
         result[f"{resolution}/{branch or '-'}"] = cache[key]
@@ -151,11 +155,17 @@ def _evaluate(run_dir: Path, evals, val, weights=None, tag="final") -> dict:
 
 
 def _curve(run_dir: Path, evals, val, steps_per_epoch: int) -> list[dict]:
-    """AP of every epoch checkpoint of a run: [{step, resolution/branch: AP}]."""
+    """AP of every epoch checkpoint of a run: [{step, resolution/branch: AP}] (from the
+    evaluation cache when the checkpoints are gone)."""
+    epochs = {int(p.name.split("_")[1].split(".")[0]): p for p in (run_dir / "checkpoints").glob("epoch_*.weights.h5")}
+    path = run_dir / "reproduce_eval.json"
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    for key in cache:
+        if key.startswith("epoch"):
+            epochs.setdefault(int(key[5:8]), None)
     points = []
-    for path in sorted((run_dir / "checkpoints").glob("epoch_*.weights.h5")):
-        epoch = int(path.stem.split("_")[1].split(".")[0])
-        metrics = _evaluate(run_dir, evals, val, weights=path, tag=f"epoch{epoch:03d}")
+    for epoch in sorted(epochs):
+        metrics = _evaluate(run_dir, evals, val, weights=epochs[epoch], tag=f"epoch{epoch:03d}")
         points.append({"step": epoch * steps_per_epoch, **{k: v["AP"] for k, v in metrics.items()}})
     return points
 
@@ -209,9 +219,26 @@ def claims_from(rows, seeds) -> list[dict]:
     return out
 
 
-def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", data_root="data/msad_synth",
-                  overrides=None, seeds=SEEDS, variants=True, plateau=True, curves=True, progress=True) -> dict:
-    """Train (or reuse) every run, evaluate, and write OUT/reproduce.{json,md} and the plots."""
+def _teacher_of(run_overrides) -> str | None:
+    for o in run_overrides:
+        if o.startswith("train.teacher_run="):
+            return Path(o.split("=", 1)[1]).name
+    return None
+
+
+def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", data_root="data/msad_synth128",
+                  overrides=None, seeds=SEEDS, variants=True, plateau=True, curves=True, progress=True,
+                  keep="docs/results/reproduce_runs") -> dict:
+    """Train (or reuse) every run, evaluate, and write OUT/reproduce.{json,md} and the plots.
+
+    ``keep``: a directory (kept in the repository) where each finished run's evaluations
+    (reproduce_eval.json, incl. the epoch-checkpoint curve), config.yaml and history.csv are
+    copied; a run found there is not trained again, so a reproduction continues across
+    machines without its weights (a student whose teacher's weights are gone retrains the
+    teacher first). None: OUT only.
+    """
+    import shutil
+
     from msad_tf.config import load_config
     from msad_tf.data.synthetic import make_synthetic_dataset
     from msad_tf.training import runs
@@ -219,42 +246,80 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    keep = Path(keep) if keep else None
     base_config = load_config(config_path, [f"data.root={data_root}"] + list(overrides or []))
     if not Path(data_root, "annotations", "instances_val.json").is_file():
-        print(f"== generating the embedded dataset in {data_root}")
-        make_synthetic_dataset(data_root, image_size=base_config.data.short_side)
+        print(f"== generating the embedded dataset in {data_root} ({DATASET})")
+        make_synthetic_dataset(data_root, **DATASET)
     val = load_split(base_config, base_config.data.val_split)
     epochs, decay = base_config.train.epochs, base_config.train.lr_decay_epochs
-    spe = base_config.train.steps_per_epoch
     order = all_runs(seeds, variants, plateau)
-    rows, labels, seconds = {}, {}, {}
+    by_name = {f"{run.name}_s{seed}": (run, seed) for run, seed in order}
+    rows, labels, seconds, curves_out = {}, {}, {}, {}
     start = time.time()
-    for index, (run, seed) in enumerate(order):
-        run_dir = out / f"{run.name}_s{seed}"
+
+    def config_of(run, seed):
         extra = _format(run.overrides, out, seed, epochs, decay) + [f"train.seed={seed}"]
-        config = load_config(config_path, [f"data.root={data_root}"] + list(overrides or []) + extra)
-        steps = config.total_steps(config.train.steps_per_epoch)
-        if not (run_dir / runs.WEIGHTS_FILE).is_file():
-            if progress:
-                print(f"== [{index + 1}/{len(order)}] training {run.label}, seed {seed} ({steps} steps) "
-                      f"after {time.time() - start:.0f} s", flush=True)
-            t = time.time()
-            train(config, run_dir, progress=False)
-            seconds[f"{run.name}_s{seed}"] = time.time() - t
-        rows[(run.name, seed)] = _evaluate(run_dir, run.evals, val)
-        labels[run.name] = (run.label, run.table, steps)
-    curves_out = {}
-    if curves:
-        for run in CORE:
-            if run.curve and (run.name, seeds[0]) in rows:
-                run_dir = out / f"{run.name}_s{seeds[0]}"
-                curves_out[run.name] = _curve(run_dir, run.evals, val, spe)
-    result = summarize(rows, labels, seeds, curves_out, base_config, seconds)
-    write_outputs(result, out)
+        return load_config(config_path, [f"data.root={data_root}"] + list(overrides or []) + extra)
+
+    def ensure_weights(key, index):
+        run, seed = by_name[key]
+        run_dir = out / key
+        if (run_dir / runs.WEIGHTS_FILE).is_file():
+            return
+        teacher = _teacher_of(run.overrides)
+        if teacher:
+            ensure_weights(teacher.format(seed=seed), index)
+        config = config_of(run, seed)
+        if progress:
+            print(f"== [{index + 1}/{len(order)}] training {run.label}, seed {seed} "
+                  f"({config.total_steps(config.train.steps_per_epoch)} steps) after {time.time() - start:.0f} s",
+                  flush=True)
+        t = time.time()
+        train(config, run_dir, progress=False)
+        seconds[key] = time.time() - t
+
+    for index, (run, seed) in enumerate(order):
+        key = f"{run.name}_s{seed}"
+        run_dir = out / key
+        config = config_of(run, seed)
+        labels[run.name] = (run.label, run.table, config.total_steps(config.train.steps_per_epoch))
+        want_curve = curves and run.curve and seed == seeds[0]
+        kept = keep / key if keep else None
+        if kept is not None and (kept / "reproduce_eval.json").is_file() and not (run_dir / "reproduce_eval.json").is_file():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for path in kept.iterdir():
+                shutil.copy(path, run_dir / path.name)
+        cached = _cached_rows(run_dir, run.evals, config.eval.low_input)
+        if cached is None:
+            ensure_weights(key, index)
+            cached = _evaluate(run_dir, run.evals, val)
+        rows[(run.name, seed)] = cached
+        if want_curve:
+            curves_out[run.name] = _curve(run_dir, run.evals, val, config.train.steps_per_epoch)
+        if keep is not None:
+            (keep / key).mkdir(parents=True, exist_ok=True)
+            for name in ("reproduce_eval.json", "config.yaml", "history.csv"):
+                if (run_dir / name).is_file():
+                    shutil.copy(run_dir / name, keep / key / name)
+        result = summarize(rows, labels, seeds, curves_out, base_config, seconds)
+        write_outputs(result, out)
     if progress:
         print(format_report(result))
         print(f"\nfinished in {time.time() - start:.0f} s; results in {out}/reproduce.md")
     return result
+
+
+def _cached_rows(run_dir: Path, evals, low_input) -> dict | None:
+    """Final-weights rows of a run from its evaluation cache, or None when any is missing."""
+    path = run_dir / "reproduce_eval.json"
+    if not path.is_file():
+        return None
+    cache = json.loads(path.read_text())
+    keys = {f"{r}/{b or '-'}": _eval_key(r, b, low_input) for r, b in evals}
+    if not all(k in cache for k in keys.values()):
+        return None
+    return {name: cache[k] for name, k in keys.items()}
 
 
 def summarize(rows, labels, seeds, curves, config, seconds) -> dict:

@@ -59,7 +59,8 @@ def test_run_order_puts_the_seeded_core_first():
     names = [f"{run.name}_s{seed}" for run, seed in order]
     assert names[:7] == [f"{n}_s0" for n in ("single", "vanilla", "aligned", "teacher", "student", "student_no_kd",
                                              "vanilla_equal")]
-    assert names.index("student_s2") < names.index("single_2x_s0") < names.index("teacher_sigmoid_s0")
+    assert names.index("vanilla_equal_s0") < names.index("single_2x_s0") < names.index("single_s1")
+    assert names.index("student_s2") < names.index("teacher_sigmoid_s0")
     assert len(names) == len(set(names))
     teacher_of = {n: i for i, n in enumerate(names)}
     for run, seed in order:
@@ -86,9 +87,9 @@ def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
-    out = tmp_path / "out"
+    out, keep = tmp_path / "out", tmp_path / "keep"
     first = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0, 1), variants=False, plateau=False,
-                                    progress=False)
+                                    progress=False, keep=keep)
     assert {c["claim"] for c in first["claims"]} >= {"aligned_L_above_vanilla_L", "student_above_no_kd"}
     assert (out / "reproduce_curves.png").is_file() and (out / "reproduce_claims.png").is_file()
     saved = json.loads((out / "reproduce.json").read_text())
@@ -101,5 +102,9 @@ def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr("msad_tf.training.train.train", fail)
     monkeypatch.setattr("msad_tf.evaluation.evaluator.evaluate_model", fail)
     second = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0, 1), variants=False, plateau=False,
-                                     progress=False)
+                                     progress=False, keep=keep)
     assert json.dumps(second["claims"], sort_keys=True) == json.dumps(first["claims"], sort_keys=True)
+    third = reproduce.run_reproduce(path, tmp_path / "elsewhere", str(tiny_data), seeds=(0, 1), variants=False,
+                                    plateau=False, progress=False, keep=keep)
+    assert json.dumps(third["claims"], sort_keys=True) == json.dumps(first["claims"], sort_keys=True)
+    assert third["curves"] == first["curves"] and first["curves"]["student"]

@@ -139,6 +139,8 @@ def _place_objects(rng, size: int, scale: float) -> list[tuple[int, Box]]:
     min_side = SIZE_BANDS[0][1] * scale
     placed, objects = [], []
     for kind, (w, h) in zip(kinds, dims):
+        fit = min(1.0, 0.9 * size / max(w, h))
+        w, h = w * fit, h * fit
         while min(w, h) >= min_side * 0.6:
             for _ in range(40):
                 box = (rng.uniform(0, size - w), rng.uniform(0, size - h), w, h)
@@ -199,13 +201,13 @@ def _pick_colour(rng, under: np.ndarray) -> np.ndarray:
     return best
 
 
-def render_image(rng, size: int) -> tuple[np.ndarray, list[tuple[int, Box]]]:
+def render_image(rng, size: int, object_scale: float | None = None) -> tuple[np.ndarray, list[tuple[int, Box]]]:
     """One image and its objects.
 
     Returns:
       (uint8 [size, size, 3], [(class index, (x, y, w, h)), ...]).
     """
-    scale = size / 256.0
+    scale = size / 256.0 if object_scale is None else float(object_scale)
     image = _background(rng, size)
     objects = _place_objects(rng, size, scale)
     for kind, box in objects:
@@ -233,7 +235,7 @@ def _categories() -> list[dict]:
 
 
 def _write_split(out_dir: str, split: str, split_index: int, count: int, size: int, seed: int,
-                 progress: bool) -> str:
+                 progress: bool, object_scale: float | None = None) -> str:
     from tqdm import tqdm
 
     image_dir = os.path.join(out_dir, split)
@@ -241,7 +243,7 @@ def _write_split(out_dir: str, split: str, split_index: int, count: int, size: i
     images, annotations = [], []
     for i in tqdm(range(count), desc=f"msad_synth {split}", disable=not progress):
         rng = np.random.default_rng([seed, split_index, i])
-        pixels, objects = render_image(rng, size)
+        pixels, objects = render_image(rng, size, object_scale)
         file_name = f"{split}_{i:06d}.png"
         Image.fromarray(pixels, "RGB").save(
             os.path.join(image_dir, file_name), format="PNG", compress_level=PNG_COMPRESS_LEVEL
@@ -299,9 +301,14 @@ def _complete(out_dir: str, params: dict) -> bool:
 
 
 def make_synthetic_dataset(
-    out_dir, *, num_train=800, num_val=200, image_size=256, seed=0, progress=True, overwrite=False
+    out_dir, *, num_train=800, num_val=200, image_size=256, seed=0, progress=True, overwrite=False,
+    object_scale: float | None = None,
 ) -> dict[str, str]:
     """Writes the synthetic dataset in COCO layout under ``out_dir``.
+
+    ``object_scale`` multiplies the object size bands (default image_size / 256, so every
+    object keeps its size relative to the image); e.g. 128-px images with object_scale 0.75
+    hold objects of 4.5-120 px.
 
     Layout: annotations/instances_{train,val}.json, train/train_000000.png ...,
     val/val_000000.png ... An existing dataset made with the same arguments is reused unless
@@ -316,6 +323,8 @@ def make_synthetic_dataset(
         "image_size": int(image_size),
         "seed": int(seed),
     }
+    if object_scale is not None:
+        params["object_scale"] = float(object_scale)
     paths = _paths(out_dir)
     if not overwrite and _complete(out_dir, params):
         log.info("%s: synthetic dataset already present (%s)", out_dir, params)
@@ -327,7 +336,7 @@ def make_synthetic_dataset(
     counts = {"train": params["num_train"], "val": params["num_val"]}
     for split_index, split in enumerate(_SPLITS):
         size, seed = params["image_size"], params["seed"]
-        _write_split(out_dir, split, split_index, counts[split], size, seed, progress)
+        _write_split(out_dir, split, split_index, counts[split], size, seed, progress, params.get("object_scale"))
     with open(marker, "w") as f:
         json.dump(params, f)
     return paths
