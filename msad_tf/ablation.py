@@ -57,21 +57,21 @@ SUITES = {
     ),
     "budget": (
         ("vanilla_2x", "vanilla multi-scale, 2x steps",
-         ["train.mode=vanilla_multiscale", "train.epochs=8", "train.lr_decay_epochs=[5.6,7.2]"], ("high", "low")),
+         ["train.mode=vanilla_multiscale", "train.epochs=20", "train.lr_decay_epochs=[14,18]"], ("high", "low")),
         ("aligned_2x", "aligned multi-scale, 2x steps",
-         ["train.mode=aligned", "train.epochs=8", "train.lr_decay_epochs=[5.6,7.2]"], ("high", "low")),
+         ["train.mode=aligned", "train.epochs=20", "train.lr_decay_epochs=[14,18]"], ("high", "low")),
     ),
     "equal": (
         ("teacher_2x", "teacher C-FF, 2x steps",
-         ["train.mode=teacher", "train.epochs=8", "train.lr_decay_epochs=[5.6,7.2]"], ("high", "low")),
+         ["train.mode=teacher", "train.epochs=20", "train.lr_decay_epochs=[14,18]"], ("high", "low")),
         ("student_2x", "student msad_l1 (teacher 2x), 2x steps",
-         ["train.mode=student", "train.teacher_run={out}/teacher_2x", "train.epochs=8",
-          "train.lr_decay_epochs=[5.6,7.2]"], ("low",)),
+         ["train.mode=student", "train.teacher_run={out}/teacher_2x", "train.epochs=20",
+          "train.lr_decay_epochs=[14,18]"], ("low",)),
         ("student_2x_no_kd", "student without KD (teacher 2x, gamma 0), 2x steps",
-         ["train.mode=student", "train.teacher_run={out}/teacher_2x", "train.epochs=8",
-          "train.lr_decay_epochs=[5.6,7.2]", "train.gamma=0"], ("low",)),
+         ["train.mode=student", "train.teacher_run={out}/teacher_2x", "train.epochs=20",
+          "train.lr_decay_epochs=[14,18]", "train.gamma=0"], ("low",)),
         ("vanilla_4x", "vanilla multi-scale, 4x steps",
-         ["train.mode=vanilla_multiscale", "train.epochs=16", "train.lr_decay_epochs=[11.2,14.4]"],
+         ["train.mode=vanilla_multiscale", "train.epochs=40", "train.lr_decay_epochs=[28,36]"],
          ("high", "low")),
     ),
     "k4": (
@@ -90,7 +90,7 @@ SUITES = {
 }
 
 
-def run_ablation(suite, config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth",
+def run_ablation(suite, config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth128",
                  overrides=None, force=False, only=None):
     """Train (or reuse) and evaluate every run of ``suite``; returns {row: metrics}.
 

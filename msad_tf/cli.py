@@ -20,6 +20,7 @@ Every command takes ``--help``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -226,12 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-dataset", help="write the embedded synthetic dataset")
-    p.add_argument("--out", default="data/msad_synth")
+    p.add_argument("--out", default="data/msad_synth128")
     p.add_argument("--num-train", type=int, default=800)
     p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--object-scale", type=float, default=None,
-                   help="multiplier of the object size bands (default image-size / 256)")
+    p.add_argument("--image-size", type=int, default=128, help="the demo's dataset is 128 px (the 256-px set "
+                   "of earlier sessions: --image-size 256 --object-scale 1)")
+    p.add_argument("--object-scale", type=float, default=0.75,
+                   help="multiplier of the object size bands (image-size / 256 keeps objects' relative size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_make_dataset)
@@ -322,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the embedded dataset")
     _add_config_args(p, default_config="configs/demo.yaml")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--data", default="data/msad_synth")
+    p.add_argument("--data", default="data/msad_synth128")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.set_defaults(func=cmd_demo)
 
@@ -332,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher: aligned + fusion variants; student: distillation losses, teacher "
                         "targets, no-KD control; budget: vanilla vs aligned at 2x steps; equal: teacher + student vs vanilla at equal total steps; k4: teacher and student with k = 4; seeds: seed-1 repeats (run-to-run spread)")
     p.add_argument("--out", default="runs/demo", help="run directory shared with the demo (runs are reused)")
-    p.add_argument("--data", default="data/msad_synth")
+    p.add_argument("--data", default="data/msad_synth128")
     p.add_argument("--only", nargs="+", help="run names of the suite to do")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.set_defaults(func=cmd_ablation)
@@ -356,8 +358,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null while TensorFlow loads and finds its devices: its
+    C++ start-up lines (oneDNN notice, no CUDA driver, cuInit failure on a CPU machine) are
+    written before its logging is configured, so TF_CPP_MIN_LOG_LEVEL cannot hide them.
+    Python exceptions are unaffected (re-raised after the descriptor is restored)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def load_tensorflow_quietly() -> None:
+    """Import TensorFlow and initialise its devices without its native start-up noise."""
+    with _native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        load_tensorflow_quietly()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -22,9 +22,9 @@ DEMO_RUNS = (
     ("single", "single-scale", ["train.mode=single"], ("high", "low")),
     ("vanilla", "vanilla multi-scale", ["train.mode=vanilla_multiscale"], ("high", "low")),
     ("teacher", "fusion teacher", ["train.mode=teacher"], ("high", "low")),
-    ("student", "MSAD student", ["train.mode=student", "train.teacher_run={out}/teacher"], ("low",)),
     ("student_no_kd", "student without KD", ["train.mode=student", "train.teacher_run={out}/teacher", "train.gamma=0"],
      ("low",)),
+    ("student", "MSAD student", ["train.mode=student", "train.teacher_run={out}/teacher"], ("low",)),
 )
 STUDENT_RUN = "student"
 # The demo's deployment step stays short (about a minute on 2 cores): float TFLite only, fewer
@@ -84,7 +84,7 @@ def _values(values) -> str:
     return " / ".join(str(v) for v in sorted(values))
 
 
-def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth",
+def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth128",
              overrides=None, force=False, runs_to_do=DEMO_RUNS, results_name="results", title=None,
              export_student: bool = True):
     """Trains (or reuses) and evaluates ``runs_to_do``; prints and writes the AP table to
@@ -92,6 +92,7 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
     them, end with its export and inference benchmark (``export_and_benchmark``). Returns
     {row: metrics}."""
     from msad_tf.data.synthetic import make_synthetic_dataset
+    from msad_tf.reproduce import DATASET
     from msad_tf.training import runs
     from msad_tf.training.train import load_split, train
 
@@ -100,7 +101,7 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
     out.mkdir(parents=True, exist_ok=True)
     if not Path(data_root, "annotations", "instances_val.json").is_file():
         print(f"== generating the embedded dataset in {data_root}")
-        make_synthetic_dataset(data_root)
+        make_synthetic_dataset(data_root, **DATASET)
     base = [f"data.root={data_root}"] + list(overrides or [])
     table = {}
     by_run = {}

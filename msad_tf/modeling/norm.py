@@ -48,8 +48,8 @@ class BatchNorm(keras.layers.BatchNormalization):
             epsilon=self.epsilon,
             is_training=True,
         )
-        shape = tf.shape(x)
-        count = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+        dims = tf.cast(tf.shape(x)[:3], tf.float32)
+        count = dims[0] * dims[1] * dims[2]
         biased = variance * tf.maximum(count - 1.0, 1.0) / count
         momentum = self.momentum
         self.moving_mean.assign(self.moving_mean * momentum + tf.cast(mean, self.moving_mean.dtype) * (1 - momentum))

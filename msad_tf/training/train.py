@@ -230,7 +230,7 @@ def _fit(model, strategy, dataset, **kwargs):
         model.train_step = lambda data: {k: tf.reshape(v, [1]) for k, v in step(data).items()}
     try:
         with strategy.scope():
-            return model.fit(dataset, **kwargs)
+            return model.fit(dataset, shuffle=False, **kwargs)
     finally:
         model._distribute_strategy = created_under
         model.__dict__.pop("train_step", None)
