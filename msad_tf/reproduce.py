@@ -242,6 +242,7 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     from msad_tf.config import load_config
     from msad_tf.data.synthetic import make_synthetic_dataset
     from msad_tf.training import runs
+    from msad_tf.training.callbacks import NonFiniteLossError
     from msad_tf.training.train import load_split, train
 
     out = Path(out)
@@ -255,7 +256,7 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     epochs, decay = base_config.train.epochs, base_config.train.lr_decay_epochs
     order = all_runs(seeds, variants, plateau)
     by_name = {f"{run.name}_s{seed}": (run, seed) for run, seed in order}
-    rows, labels, seconds, curves_out = {}, {}, {}, {}
+    rows, labels, seconds, curves_out, diverged = {}, {}, {}, {}, {}
     start = time.time()
 
     def config_of(run, seed):
@@ -292,7 +293,12 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
                 shutil.copy(path, run_dir / path.name)
         cached = _cached_rows(run_dir, run.evals, config.eval.low_input)
         if cached is None:
-            ensure_weights(key, index)
+            try:
+                ensure_weights(key, index)
+            except NonFiniteLossError as err:
+                diverged[key] = str(err)
+                print(f"== {key} diverged, skipped: {err}", flush=True)
+                continue
             cached = _evaluate(run_dir, run.evals, val)
         rows[(run.name, seed)] = cached
         if want_curve:
@@ -303,6 +309,7 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
                 if (run_dir / name).is_file():
                     shutil.copy(run_dir / name, keep / key / name)
         result = summarize(rows, labels, seeds, curves_out, base_config, seconds)
+        result["diverged"] = diverged
         write_outputs(result, out)
     if progress:
         print(format_report(result))
@@ -389,7 +396,9 @@ def format_report(result) -> str:
                          if k in e["rows"]]
                 lines.append(f"- {e['label']}: " + ", ".join(parts))
         lines.append("")
-    lines += ["### Claims (holds: margin above 2 standard errors of the difference over seeds)", ""]
+    for key, message in (result.get("diverged") or {}).items():
+        lines.append(f"- **{key} diverged** (not in the tables): {message}")
+    lines += ["", "### Claims (holds: margin above 2 standard errors of the difference over seeds)", ""]
     for c in result["claims"]:
         lines.append(f"- {c['text']}: **{c['verdict']}** (difference {c['difference']:+.2f} AP, "
                      f"threshold {c['threshold']:+.1f}, 2 SE {2 * c['se']:.2f}, n = {c['n'][0]}/{c['n'][1]})")

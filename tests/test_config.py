@@ -8,7 +8,7 @@ def test_demo_config_loads_with_overrides():
     config = load_config("configs/demo.yaml", ["train.epochs=3", "model.k=4", "data.jitter=[0.9, 1.0]"])
     assert config.train.epochs == 3 and config.model.k == 4
     assert config.data.jitter == [0.9, 1.0]
-    assert config.low_resolution() == (64, 64)
+    assert config.low_resolution() == (32, 32)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -5,6 +5,7 @@ training mode on the same cached batch, so every ratio compares like with like.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import keras
@@ -106,9 +107,21 @@ def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches
     defaults.
     """
     from msad_tf.training.runs import build_model as default_build
-    from msad_tf.training.train import load_split, make_train_dataset
 
     build_model = build_model or default_build
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        return _benchmark_train(config, modes, steps, pipeline_batches, build_model, progress, speedups, rounds)
+    finally:
+        tf_logger.setLevel(level)
+
+
+def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progress, speedups, rounds):
+    """``benchmark_train`` with TensorFlow's retracing warnings (one trace per variant) muted."""
+    from msad_tf.training.train import load_split, make_train_dataset
+
     train_data = load_split(config, config.data.train_split)
     batch_size = config.train.batch_size
     pipeline = {}
