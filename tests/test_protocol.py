@@ -261,4 +261,4 @@ def test_benchmark_train_times_every_speedup_in_one_run(tiny_data):
     assert result["modes"]["single"]["default"]["ratio_to_single"] == 1.0
     text = format_train_benchmark(result)
     assert "before" in text and "single" in text
-    assert set(SPEEDUPS) == {"fused_bn", "batch_heads", "bfloat16", "jit_compile"}
+    assert set(SPEEDUPS) == {"fused_bn", "batch_heads", "precision", "jit_compile"}
