@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +92,8 @@ def _variants():
                               ("channel", "channel-wise"))
     ]
     runs += [
-        Run("student_target_high", "student, teacher target = H pyramid", _student("teacher", "train.teacher_target=high"),
-            _L, seeds=(0,), table="2c"),
+        Run("student_target_high", "student, teacher target = H pyramid",
+            _student("teacher", "train.teacher_target=high"), _L, seeds=(0,), table="2c"),
         Run("student_target_low", "student, teacher target = aligned L pyramid",
             _student("teacher", "train.teacher_target=low"), _L, seeds=(0,), table="2c"),
         Run("student_teacher_bn_train", "student, teacher BatchNorm in training mode",
@@ -287,7 +287,8 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
         labels[run.name] = (run.label, run.table, config.total_steps(config.train.steps_per_epoch))
         want_curve = curves and run.curve and seed == seeds[0]
         kept = keep / key if keep else None
-        if kept is not None and (kept / "reproduce_eval.json").is_file() and not (run_dir / "reproduce_eval.json").is_file():
+        restore = kept is not None and (kept / "reproduce_eval.json").is_file()
+        if restore and not (run_dir / "reproduce_eval.json").is_file():
             run_dir.mkdir(parents=True, exist_ok=True)
             for path in kept.iterdir():
                 shutil.copy(path, run_dir / path.name)

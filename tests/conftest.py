@@ -127,3 +127,23 @@ def max_weight_difference(path_a, path_b) -> float:
     assert a.keys() == b.keys()
     assert a, f"{path_a} holds no arrays"
     return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]), initial=0.0)) for k in a)
+
+
+def write_confident_run(root, config, category_ids, class_names):
+    """ROOT/student: a run directory of ``config`` with random weights whose head scores a few
+    boxes per image above the default threshold (for export and evaluation parity tests)."""
+    from msad_tf.training import runs
+
+    run = root / "student"
+    run.mkdir()
+    config.save(run / runs.CONFIG_FILE)
+    runs.write_categories(run, category_ids, class_names)
+    keras.utils.set_random_seed(0)
+    model = runs.build_model(config, len(category_ids))
+    rng = np.random.default_rng(0)
+    head = model.head
+    head.cls_logits.kernel.assign(rng.normal(0.0, 0.1, head.cls_logits.kernel.shape).astype(np.float32))
+    head.cls_logits.bias.assign(np.full(len(category_ids), -4.5, np.float32))
+    head.box_pred.bias.assign(np.full(4, 1.5, np.float32))
+    model.save_weights(str(run / runs.WEIGHTS_FILE))
+    return run

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import tiny_model_config
+from conftest import tiny_model_config, write_confident_run
 from msad_tf.config import config_from_dict
 from msad_tf.data.pipeline import prepare_image
 from msad_tf.data.preprocess import pad_to_multiple
@@ -59,18 +59,7 @@ def make_tiny_run(root: Path) -> Path:
             "eval": {"batch_size": 4, "low_input": "resize"},
         }
     )
-    run = root / "student"
-    run.mkdir()
-    config.save(run / runs.CONFIG_FILE)
-    runs.write_categories(run, CATEGORY_IDS, CLASS_NAMES)
-    keras.utils.set_random_seed(0)
-    model = runs.build_model(config, len(CATEGORY_IDS))
-    rng = np.random.default_rng(0)
-    head = model.head
-    head.cls_logits.kernel.assign(rng.normal(0.0, 0.1, head.cls_logits.kernel.shape).astype(np.float32))
-    head.cls_logits.bias.assign(np.full(len(CATEGORY_IDS), -4.5, np.float32))
-    head.box_pred.bias.assign(np.full(4, 1.5, np.float32))
-    model.save_weights(str(run / runs.WEIGHTS_FILE))
+    run = write_confident_run(root, config, CATEGORY_IDS, CLASS_NAMES)
     return run
 
 

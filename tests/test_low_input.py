@@ -9,12 +9,11 @@ from 0 and moves with every box.
 import dataclasses
 import json
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_model_config
+from conftest import tiny_model_config, write_confident_run
 from msad_tf.config import ConfigError, config_from_dict
 from msad_tf.data import CocoDataset, build_dataset
 from msad_tf.data.preprocess import (
@@ -52,18 +51,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("low_input")
     make_synthetic_dataset(root / "data", num_train=4, num_val=6, image_size=96, progress=False)
     config = _run_config(root)
-    run = root / "student"
-    run.mkdir()
-    config.save(run / runs.CONFIG_FILE)
-    runs.write_categories(run, CATEGORY_IDS, CLASS_NAMES)
-    keras.utils.set_random_seed(0)
-    model = runs.build_model(config, len(CATEGORY_IDS))
-    rng = np.random.default_rng(0)
-    head = model.head
-    head.cls_logits.kernel.assign(rng.normal(0.0, 0.1, head.cls_logits.kernel.shape).astype(np.float32))
-    head.cls_logits.bias.assign(np.full(len(CATEGORY_IDS), -4.5, np.float32))
-    head.box_pred.bias.assign(np.full(4, 1.5, np.float32))
-    model.save_weights(str(run / runs.WEIGHTS_FILE))
+    run = write_confident_run(root, config, CATEGORY_IDS, CLASS_NAMES)
     config, model, ids, names = runs.load_run(run)
     ann_file = config.data.ann_file(config.data.val_split)
     gt = json.loads(open(ann_file).read())

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from msad_tf.config import AUTHORS_WARMUP, ConfigError, config_from_dict
-from tests.conftest import tiny_model_config, toy_batch
+from conftest import tiny_model_config, toy_batch
 
 
 # ------------------------------------------------------------------ coupled L2 weight decay
@@ -246,7 +246,7 @@ def test_benchmark_train_times_every_speedup_in_one_run(tiny_data):
     """Every mode gets default, before and one variant per requested speed-up, with before /
     variant ratios computed from the same run (timings are not asserted: the machine is noisy)."""
     from msad_tf.evaluation.benchmark import SPEEDUPS, benchmark_train, format_train_benchmark
-    from tests.conftest import tiny_train_config
+    from conftest import tiny_train_config
 
     config = tiny_train_config(tiny_data, precision="mixed_bfloat16")
     result = benchmark_train(config, modes=("single",), steps=1, rounds=1, pipeline_batches=2,

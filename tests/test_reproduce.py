@@ -76,7 +76,7 @@ def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
     nothing and gives the same file."""
     import yaml
 
-    from tests.conftest import TINY_DATA_MODEL
+    from conftest import TINY_DATA_MODEL
 
     config = {
         "model": TINY_DATA_MODEL,

@@ -134,8 +134,9 @@ def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progre
     for cache in (False, True):
         variant = _variant_config(config, [f"data.cache_images={str(cache).lower()}"])
         dataset = make_train_dataset(variant, train_data, batch_size)
+        warmup = len(train_data.records) // batch_size + 1 if cache else 3
         pipeline["cache" if cache else "no_cache"] = pipeline_images_per_second(
-            dataset, batch_size, pipeline_batches if not cache else max(pipeline_batches, 2 * len(train_data.records) // batch_size))
+            dataset, batch_size, pipeline_batches, warmup=warmup)
     dataset = make_train_dataset(config, train_data, batch_size)
     batch = next(iter(dataset))
     result = {
