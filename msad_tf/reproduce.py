@@ -178,17 +178,23 @@ def _stats(values):
 
 def _claim(name, text, a, b, margin=0.0, higher=True):
     """Claim "mean(a) - mean(b) > margin" (or "< -margin" read as "at most margin below") held
-    against twice the standard error of the difference of means."""
+    against twice the standard error of the difference of means. With one value on a side there
+    is no spread: ``judged`` is False and ``holds`` gives only the sign of the margin."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     diff = float(a.mean() - b.mean())
     se = math.sqrt((a.var(ddof=1) / len(a) if len(a) > 1 else 0.0) + (b.var(ddof=1) / len(b) if len(b) > 1 else 0.0))
     excess = diff - margin if higher else diff + margin
-    holds = bool(excess > 2 * se) if se > 0 else bool(excess > 0)
-    contradicted = bool(excess < -2 * se) if se > 0 else bool(excess < 0)
-    verdict = "holds" if holds else ("does not hold" if contradicted else "does not hold (within the seed spread)")
+    judged = len(a) > 1 and len(b) > 1
+    if judged:
+        holds = bool(excess > 2 * se)
+        contradicted = bool(excess < -2 * se)
+        verdict = "holds" if holds else ("does not hold" if contradicted else "does not hold (within the seed spread)")
+    else:
+        holds = bool(excess > 0)
+        verdict = ("holds" if holds else "does not hold") + " on one seed (no spread yet)"
     return {"claim": name, "text": text, "difference": diff, "threshold": margin if higher else -margin,
-            "excess": excess, "se": se, "n": [len(a), len(b)], "holds": holds, "verdict": verdict,
-            "a": a.tolist(), "b": b.tolist()}
+            "excess": excess, "se": se, "n": [len(a), len(b)], "holds": holds, "judged": judged,
+            "verdict": verdict, "a": a.tolist(), "b": b.tolist()}
 
 
 def _values(rows, name, key, seeds):

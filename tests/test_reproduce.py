@@ -21,6 +21,11 @@ def test_claim_holds_only_beyond_two_standard_errors():
     assert not reverse["holds"] and reverse["verdict"] == "does not hold"
 
 
+def test_one_seed_is_not_judged():
+    c = reproduce._claim("x", "a above b", [10.0], [8.0])
+    assert c["holds"] and not c["judged"] and c["verdict"] == "holds on one seed (no spread yet)"
+
+
 def test_threshold_claims():
     student, vanilla_low, vanilla_high = [20.0, 20.1, 19.9], [16.0, 16.1, 15.9], [21.0, 21.1, 20.9]
     three_above = reproduce._claim("s", "", student, vanilla_low, margin=3.0)
