@@ -12,7 +12,7 @@ from msad_tf.config import ConfigError, ModelConfig, config_from_dict
 from msad_tf.data import CocoDataset, build_dataset
 from msad_tf.data.preprocess import normalize_image, pad_to_multiple, resolve_input_norm
 from msad_tf.data.synthetic import CATEGORY_IDS
-from msad_tf.modeling.backbone import build_resnet
+from msad_tf.modeling.backbone import build_resnet, copy_weights_by_name
 
 
 def test_auto_is_caffe_with_backbone_weights():
@@ -40,13 +40,8 @@ def test_our_resnet50_on_caffe_input_is_keras_applications_on_preprocess_input()
             layer.moving_mean.assign(rng.normal(0.0, 0.1, layer.moving_mean.shape).astype(np.float32))
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape).astype(np.float32))
     ours = build_resnet("resnet50", 1.0, norm="frozen_bn")
-    source = {layer.name: layer for layer in app.layers if layer.weights}
-    copied = 0
-    for layer in ours.layers:
-        if layer.name in source:
-            layer.set_weights(source[layer.name].get_weights())
-            copied += 1
-    assert copied == len(source) == 106
+    copied = copy_weights_by_name(app, ours)
+    assert copied == len([layer for layer in app.layers if layer.weights]) == 106
 
     image = rng.integers(0, 256, (1, 96, 96, 3), dtype=np.uint8)
     expected = app(keras.applications.resnet.preprocess_input(image.astype(np.float32)), training=False).numpy()

@@ -242,7 +242,7 @@ def test_image_cache_gives_the_same_stream(tiny_data):
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
 
 
-def test_benchmark_train_times_every_speedup_in_one_run(tiny_data):
+def test_benchmark_train_ratios_come_from_one_run(tiny_data):
     """Every mode gets default, before and one variant per requested speed-up, with before /
     variant ratios computed from the same run (timings are not asserted: the machine is noisy)."""
     from msad_tf.evaluation.benchmark import SPEEDUPS, benchmark_train, format_train_benchmark

@@ -36,13 +36,6 @@ def pipeline_images_per_second(dataset, batch_size: int, num_batches: int = 20, 
     return num_batches * batch_size / (time.perf_counter() - start)
 
 
-def train_step_seconds(model, batch, steps: int = 10, warmup: int = 2) -> float:
-    """Median seconds of one compiled train step of ``model`` on a fixed ``batch``."""
-    step = _step_function(model, batch)
-    times = time_calls(step, warmup, steps)
-    return float(np.median(times))
-
-
 def _step_function(model, batch):
     """() -> one compiled train step of ``model`` on a fixed ``batch``."""
     model.make_train_function()
@@ -78,7 +71,8 @@ def _variant_config(config, overrides):
 
 
 def _build_for_step(config, mode, num_classes, build_model):
-    """(model compiled for ``mode`` under the config's precision)."""
+    """The model of ``mode`` (a Distiller for ``student``), built under the config's precision
+    and compiled."""
     from msad_tf.training.train import make_optimizer
 
     config.train.mode = mode
@@ -204,7 +198,7 @@ def _benchmark_distiller(config, num_classes):
                                    num_levels=teacher.pyramid.num_levels, num_classes=num_classes,
                                    aligned=config.train.aligned)
     return Distiller(teacher, student, loss, gamma=config.train.gamma, teacher_target=config.train.teacher_target,
-                     aligned=config.train.aligned)
+                     aligned=config.train.aligned, det_weight=config.det_weight())
 
 
 def format_train_benchmark(result: dict) -> str:

@@ -136,12 +136,19 @@ def load_application_weights(model: keras.Model, name: str, weights: str) -> int
     app = getattr(keras.applications, _APPLICATIONS[name])(
         include_top=False, weights=weights, input_shape=(None, None, 3)
     )
-    source = {layer.name: layer for layer in app.layers if layer.weights}
-    copied = 0
-    for layer in model.layers:
-        if layer.name in source:
-            layer.set_weights(source[layer.name].get_weights())
-            copied += 1
+    copied = copy_weights_by_name(app, model)
     if copied == 0:
         raise ValueError(f"no layer names matched keras.applications.{_APPLICATIONS[name]}")
+    return copied
+
+
+def copy_weights_by_name(source: keras.Model, target: keras.Model) -> int:
+    """Copy the weights of every layer of ``source`` into the layer of ``target`` with the same
+    name; returns the number of layers copied."""
+    layers = {layer.name: layer for layer in source.layers if layer.weights}
+    copied = 0
+    for layer in target.layers:
+        if layer.name in layers:
+            layer.set_weights(layers[layer.name].get_weights())
+            copied += 1
     return copied
