@@ -45,7 +45,7 @@ SUITES = {
             (f"student_{loss}" + ("" if aligned else "_na"),
              f"student {loss} {'aligned' if aligned else 'not aligned'}",
              _STUDENT + [f"train.distill_loss={loss}", f"train.aligned={str(aligned).lower()}"]
-             + (["train.clipnorm=10"] if loss == "skd" else []), ("low",))
+             + (["train.clipnorm=10"] if loss == "skd_paper" else []), ("low",))
             for loss in DISTILLATION_LOSSES for aligned in (True, False) if (loss, aligned) != ("msad_l1", True)
         ),
         ("student_target_high", "student, teacher target = high-res pyramid",

@@ -3,7 +3,7 @@
   msad make-dataset      write the embedded synthetic dataset (COCO layout)
   msad make-tfrecords    convert a COCO dataset to sharded TFRecords
   msad train             train a detector or teacher from a YAML config
-  msad distill           train a low-resolution student from a teacher run
+  msad distill           train a student from a teacher run (low-res MSAD or same resolution)
   msad evaluate          COCO AP of a run at high and/or low resolution
   msad predict           detections on image files (JSON + PNG)
   msad fusion-analysis   C-FF weight vs object size for a teacher run
@@ -77,6 +77,8 @@ def cmd_train(args):
 
 def cmd_distill(args):
     args.overrides = ["train.mode=student", f"train.teacher_run={args.teacher}"] + list(args.overrides)
+    if args.student_input:
+        args.overrides.append(f"train.student_input={args.student_input}")
     if args.run_dir is None:
         args.run_dir = str(Path(args.teacher).parent / f"{Path(args.teacher).name}_student")
     cmd_train(args)
@@ -112,6 +114,12 @@ def model_branches(model, resolution):
 def cmd_evaluate(args):
     from msad_tf.evaluation.coco_eval import format_table, write_metrics
 
+    if args.corruption:
+        if args.sweep:
+            raise ValueError("--corruption and --sweep are separate evaluations: run one at a time")
+        return _evaluate_corruptions(args)
+    if args.severity:
+        raise ValueError("--severity needs --corruption NAME (or all)")
     if args.sweep:
         return _sweep(args)
 
@@ -120,6 +128,51 @@ def cmd_evaluate(args):
     out = Path(args.json or Path(args.run) / f"eval_{args.split}.json")
     write_metrics(out, rows)
     print(f"metrics written to {out}")
+
+
+def _evaluate_corruptions(args):
+    """COCO-C style robustness: every row of ``msad evaluate`` clean and under each corruption
+    family at each severity; prints the per-family AP table, writes the metrics (JSON + CSV)
+    and merges them into RUN/metrics.json under SPLIT/ROW/FAMILY/sSEVERITY."""
+    from tqdm import tqdm
+
+    from msad_tf.evaluation import corruptions
+    from msad_tf.evaluation.coco_eval import write_metrics
+    from msad_tf.evaluation.evaluator import evaluate_model, evaluation_batches
+    from msad_tf.training import runs
+    from msad_tf.training.train import load_split
+
+    families = corruptions.FAMILIES if "all" in args.corruption else tuple(dict.fromkeys(args.corruption))
+    severities = tuple(sorted(set(args.severity or corruptions.SEVERITIES)))
+    plan = [corruptions.Corruption("none", 0)]
+    plan += [corruptions.Corruption(family, severity) for family in families for severity in severities]
+    config, model, _, _ = runs.load_run(args.run)
+    dataset = load_split(config, args.split)
+    runs.check_categories(args.run, dataset)
+    rows_to_evaluate = [(label, resolution, branch) for resolution in args.resolutions
+                        for label, branch in model_branches(model, resolution)]
+    total = len(rows_to_evaluate) * len(plan) * evaluation_batches(dataset, config, args.max_images)
+    rows = {}
+    with tqdm(total=total, unit="batch", disable=args.quiet, dynamic_ncols=True) as bar:
+        for label, resolution, branch in rows_to_evaluate:
+            for corruption in plan:
+                bar.set_description(f"{label} {corruption.label}")
+                rows[f"{label}/{corruption.label}"] = evaluate_model(
+                    model, dataset, config, resolution, branch=branch, max_images=args.max_images,
+                    progress=False, corruption=corruption, bar=bar,
+                )
+    rows = corruptions.summarize(rows)
+    print(corruptions.robustness_table(rows, title=f"{args.run} ({args.split}): AP under corruption"))
+    tag = "all" if families == corruptions.FAMILIES else "+".join(families)
+    if severities != corruptions.SEVERITIES:
+        tag += "_s" + "".join(str(s) for s in severities)
+    out = Path(args.json or Path(args.run) / f"eval_{args.split}_corruption_{tag}.json")
+    write_metrics(out, rows)
+    corruptions.write_csv(out.with_suffix(".csv"), rows)
+    for key, metrics in rows.items():
+        runs.update_metrics(args.run, f"{args.split}/{key}", metrics)
+    print(f"metrics written to {out} and {out.with_suffix('.csv')}")
+    return rows
 
 
 def _sweep(args):
@@ -217,7 +270,7 @@ def cmd_reproduce(args):
 
     run_reproduce(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
                   seeds=tuple(args.seeds), variants=not args.no_variants, plateau=not args.no_plateau,
-                  curves=not args.no_curves)
+                  curves=not args.no_curves, jobs=args.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,8 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("distill", help="train a low-resolution student from a teacher run")
+    p = sub.add_parser("distill", help="train a student from a teacher run (low-res MSAD, or same resolution)")
     p.add_argument("--teacher", required=True, help="teacher run directory")
+    p.add_argument("--student-input", choices=["low", "high"],
+                   help="low: the student sees the stride-k subsample (MSAD, default); high: the same "
+                        "high-res image as the teacher (same-resolution distillation, e.g. a larger "
+                        "teacher into a smaller student; use --set train.teacher_target=high for a "
+                        "single-resolution teacher)")
     _add_config_args(p)
     p.add_argument("--run-dir", help="student run directory (default TEACHER_student)")
     p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"])
@@ -271,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "With eval.low_input subsample (default) the image is resized to FRACTION * H "
                         "and subsampled by k, so FRACTION 1 is exactly the evaluation at L; with "
                         "resize it is resized to FRACTION * L")
+    from msad_tf.evaluation.corruptions import FAMILIES as corruption_families
+
+    p.add_argument("--corruption", nargs="+", metavar="NAME",
+                   choices=[*corruption_families, "all"],
+                   help="robustness (COCO-C style): evaluate clean and with each original image "
+                        "corrupted by NAME (" + ", ".join(corruption_families) + ", or all) at "
+                        "--severity; prints AP per family and severity, mean and rPC; writes "
+                        "RUN/eval_<split>_corruption_<NAME|all>.json and .csv")
+    p.add_argument("--severity", nargs="+", type=int, choices=range(1, 6), metavar="1..5",
+                   help="corruption severities (default 1 2 3 4 5)")
     p.add_argument("--json", help="where to write the metrics (default RUN/eval_<split>.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -354,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-variants", action="store_true", help="skip the seed-0 variant rows (Tables 2, 2c, 3a)")
     p.add_argument("--no-plateau", action="store_true", help="skip the 2x-budget plateau runs")
     p.add_argument("--no-curves", action="store_true", help="skip AP of the epoch checkpoints")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in its own process (2 on a 2-core CPU: the step is "
+                        "overhead-bound, so two processes give close to twice the throughput)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

@@ -112,12 +112,17 @@ class TrainConfig:
     ``mode`` chooses what is trained: ``single`` (one resolution, ``input`` high or low),
     ``vanilla_multiscale`` (shared weights on H and on L, both through the normal levels),
     ``aligned`` (shared weights on H and on the stride-k subsample through shifted levels),
-    ``teacher`` (aligned + crossing feature-level fusion), ``student`` (low-resolution student
-    distilled from ``teacher_run``: L_S = gamma * L_KD + (1 - gamma) * L_det).
+    ``teacher`` (aligned + crossing feature-level fusion), ``student`` (a student distilled from
+    ``teacher_run``: L_S = gamma * ramp * L_KD + det_weight * L_det). ``student_input``: ``low``
+    (MSAD: the student sees the stride-k subsample) or ``high`` (same-resolution distillation,
+    e.g. a larger teacher into a smaller student on the same image: the student reads P3..P7 of
+    the high-res image and is deployed at H).
     The learning rate scales linearly with the global batch: lr = base_lr * batch_size / base_batch.
     ``clipnorm`` bounds the global gradient norm, ``clipvalue`` each gradient element (one of
-    them). ``backup_every`` backs up model and optimizer every that many steps in RUN_DIR/backup
-    so that a killed run resumes where it stopped (0: off).
+    them). ``optimizer``: ``sgd`` (momentum; the authors') or ``adamw`` (decoupled weight decay
+    ``weight_decay``, which then is AdamW's coefficient). ``backup_every`` backs up model and
+    optimizer every that many steps in RUN_DIR/backup so that a killed run resumes where it
+    stopped (0: off).
     """
 
     mode: str = "single"
@@ -127,6 +132,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     base_lr: float = 0.01
     base_batch: int = 16
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     weight_decay_mode: str = "coupled"
@@ -157,6 +163,7 @@ class TrainConfig:
     kd_warmup: float = AUTHORS_WARMUP
     kd_warmup_steps: int | None = None
     student_init: str = "teacher"
+    student_input: str = "low"
 
 
 @dataclass
@@ -343,6 +350,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.gn_groups {m.gn_groups} must divide fpn_channels {m.fpn_channels}")
     if config.data.cache_images not in (True, False, "auto"):
         raise ConfigError(f"data.cache_images '{config.data.cache_images}': choose true, false or auto")
+    if t.optimizer not in ("sgd", "adamw"):
+        raise ConfigError(f"train.optimizer '{t.optimizer}': choose sgd or adamw")
     if t.weight_decay_mode not in ("coupled", "decoupled"):
         raise ConfigError(f"train.weight_decay_mode '{t.weight_decay_mode}': choose coupled or decoupled")
     for name in ("warmup", "kd_warmup"):
@@ -357,6 +366,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"train.mode '{t.mode}': choose single, vanilla_multiscale, aligned, teacher or student"
         )
+    if t.student_input not in ("low", "high"):
+        raise ConfigError(f"train.student_input '{t.student_input}': choose low (MSAD) or high (same resolution)")
     if t.teacher_target not in ("fused", "high", "low"):
         raise ConfigError(f"train.teacher_target '{t.teacher_target}': choose fused, high or low")
     if t.student_init not in ("teacher", "none"):

@@ -33,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 SEEDS = (0, 1, 2)
+#: Registry entries kept for reference that the reproduction does not train: the literal paper
+#: formulas of SKD, which swamp detection (its authors' code is ``skd``).
+PAPER_LITERAL = ("skd_paper",)
 #: How ``msad reproduce`` generates its dataset when missing (configs/reproduce.yaml).
 DATASET = {"image_size": 128, "object_scale": 0.75}
 
@@ -99,13 +102,11 @@ def _variants():
         Run("student_teacher_bn_train", "student, teacher BatchNorm in training mode",
             _student("teacher", "train.teacher_bn_training=true"), _L, seeds=(0,), table="controls"),
     ]
-    for loss in DISTILLATION_LOSSES:
+    for loss in [name for name in DISTILLATION_LOSSES if name not in PAPER_LITERAL]:
         for aligned in (True, False):
             if (loss, aligned) == ("msad_l1", True):
                 continue
             extra = (f"train.distill_loss={loss}", f"train.aligned={str(aligned).lower()}")
-            if loss == "skd":
-                extra += ("train.clipnorm=10",)
             runs.append(Run(f"student_{loss}" + ("" if aligned else "_na"),
                             f"student {loss}, {'aligned' if aligned else 'not aligned'}",
                             _student("teacher", *extra), _L, seeds=(0,), table="3a"))
@@ -234,7 +235,7 @@ def _teacher_of(run_overrides) -> str | None:
 
 def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", data_root="data/msad_synth128",
                   overrides=None, seeds=SEEDS, variants=True, plateau=True, curves=True, progress=True,
-                  keep="docs/results/reproduce_runs") -> dict:
+                  keep="docs/results/reproduce_runs", jobs: int = 1) -> dict:
     """Train (or reuse) every run, evaluate, and write OUT/reproduce.{json,md} and the plots.
 
     ``keep``: a directory (kept in the repository) where each finished run's evaluations
@@ -242,86 +243,248 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     copied; a run found there is not trained again, so a reproduction continues across
     machines without its weights (a student whose teacher's weights are gone retrains the
     teacher first). None: OUT only.
+    ``jobs``: runs trained at once, each in its own process (its log in OUT/<run>.log). A train
+    step here is bound by per-op overhead, not arithmetic, so two processes on two cores give
+    close to twice the throughput of one (docs/RESULTS.md).
     """
-    import shutil
-
     from msad_tf.config import load_config
     from msad_tf.data.synthetic import make_synthetic_dataset
-    from msad_tf.training import runs
-    from msad_tf.training.callbacks import NonFiniteLossError
-    from msad_tf.training.train import load_split, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    keep = Path(keep) if keep else None
     base_config = load_config(config_path, [f"data.root={data_root}"] + list(overrides or []))
     if not Path(data_root, "annotations", "instances_val.json").is_file():
         print(f"== generating the embedded dataset in {data_root} ({DATASET})")
         make_synthetic_dataset(data_root, **DATASET)
-    val = load_split(base_config, base_config.data.val_split)
-    epochs, decay = base_config.train.epochs, base_config.train.lr_decay_epochs
-    order = all_runs(seeds, variants, plateau)
-    by_name = {f"{run.name}_s{seed}": (run, seed) for run, seed in order}
-    rows, labels, seconds, curves_out, diverged = {}, {}, {}, {}, {}
+    plan = _Plan(config_path, out, data_root, list(overrides or []), tuple(seeds), variants, plateau, curves, keep)
     start = time.time()
-
-    def config_of(run, seed):
-        extra = _format(run.overrides, out, seed, epochs, decay) + [f"train.seed={seed}"]
-        return load_config(config_path, [f"data.root={data_root}"] + list(overrides or []) + extra)
-
-    def ensure_weights(key, index):
-        run, seed = by_name[key]
-        run_dir = out / key
-        if (run_dir / runs.WEIGHTS_FILE).is_file():
-            return
-        teacher = _teacher_of(run.overrides)
-        if teacher:
-            ensure_weights(teacher.format(seed=seed), index)
-        config = config_of(run, seed)
-        if progress:
-            print(f"== [{index + 1}/{len(order)}] training {run.label}, seed {seed} "
-                  f"({config.total_steps(config.train.steps_per_epoch)} steps) after {time.time() - start:.0f} s",
-                  flush=True)
-        t = time.time()
-        train(config, run_dir, progress=False)
-        seconds[key] = time.time() - t
-
-    for index, (run, seed) in enumerate(order):
-        key = f"{run.name}_s{seed}"
-        run_dir = out / key
-        config = config_of(run, seed)
-        labels[run.name] = (run.label, run.table, config.total_steps(config.train.steps_per_epoch))
-        want_curve = curves and run.curve and seed == seeds[0]
-        kept = keep / key if keep else None
-        restore = kept is not None and (kept / "reproduce_eval.json").is_file()
-        if restore and not (run_dir / "reproduce_eval.json").is_file():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for path in kept.iterdir():
-                shutil.copy(path, run_dir / path.name)
-        cached = _cached_rows(run_dir, run.evals, config.eval.low_input)
-        if cached is None:
-            try:
-                ensure_weights(key, index)
-            except NonFiniteLossError as err:
-                diverged[key] = str(err)
-                print(f"== {key} diverged, skipped: {err}", flush=True)
-                continue
-            cached = _evaluate(run_dir, run.evals, val)
-        rows[(run.name, seed)] = cached
-        if want_curve:
-            curves_out[run.name] = _curve(run_dir, run.evals, val, config.train.steps_per_epoch)
-        if keep is not None:
-            (keep / key).mkdir(parents=True, exist_ok=True)
-            for name in ("reproduce_eval.json", "config.yaml", "history.csv"):
-                if (run_dir / name).is_file():
-                    shutil.copy(run_dir / name, keep / key / name)
-        result = summarize(rows, labels, seeds, curves_out, base_config, seconds)
-        result["diverged"] = diverged
-        write_outputs(result, out)
+    if jobs > 1:
+        _run_parallel(plan, jobs, progress, start)
+    result = plan.collect(base_config, train=True, progress=progress, start=start)
     if progress:
         print(format_report(result))
         print(f"\nfinished in {time.time() - start:.0f} s; results in {out}/reproduce.md")
     return result
+
+
+class _Plan:
+    """The runs of one reproduction, where they live, and how each is produced."""
+
+    def __init__(self, config_path, out, data_root, overrides, seeds, variants, plateau, curves, keep):
+        self.args = (config_path, str(out), data_root, overrides, seeds, variants, plateau, curves,
+                     str(keep) if keep else None)
+        self.config_path, self.out, self.data_root, self.overrides = config_path, Path(out), data_root, overrides
+        self.seeds, self.curves = seeds, curves
+        self.keep = Path(keep) if keep else None
+        self.order = all_runs(seeds, variants, plateau)
+        self.by_name = {f"{run.name}_s{seed}": (run, seed) for run, seed in self.order}
+        self.seconds: dict[str, float] = {}
+        self._val = None
+
+    def config_of(self, key):
+        from msad_tf.config import load_config
+
+        run, seed = self.by_name[key]
+        base = load_config(self.config_path, [f"data.root={self.data_root}"] + self.overrides)
+        extra = _format(run.overrides, self.out, seed, base.train.epochs, base.train.lr_decay_epochs)
+        return load_config(self.config_path, [f"data.root={self.data_root}"] + self.overrides + extra
+                           + [f"train.seed={seed}"])
+
+    @property
+    def val(self):
+        if self._val is None:
+            from msad_tf.training.train import load_split
+
+            config = self.config_of(next(iter(self.by_name)))
+            self._val = load_split(config, config.data.val_split)
+        return self._val
+
+    def teacher(self, key) -> str | None:
+        run, seed = self.by_name[key]
+        teacher = _teacher_of(run.overrides)
+        return teacher.format(seed=seed) if teacher else None
+
+    def has_weights(self, key) -> bool:
+        from msad_tf.training import runs
+
+        return (self.out / key / runs.WEIGHTS_FILE).is_file()
+
+    def wants_curve(self, key) -> bool:
+        run, seed = self.by_name[key]
+        return self.curves and run.curve and seed == self.seeds[0]
+
+    def restore(self, key) -> None:
+        """Copies a kept run's evaluations into OUT (once)."""
+        import shutil
+
+        kept, run_dir = (self.keep / key if self.keep else None), self.out / key
+        if kept is not None and (kept / "reproduce_eval.json").is_file() \
+                and not (run_dir / "reproduce_eval.json").is_file():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for path in kept.iterdir():
+                shutil.copy(path, run_dir / path.name)
+
+    def cached(self, key) -> dict | None:
+        run, _ = self.by_name[key]
+        self.restore(key)
+        return _cached_rows(self.out / key, run.evals, self.config_of(key).eval.low_input)
+
+    def diverged(self, key) -> str | None:
+        path = self.out / key / DIVERGED_FILE
+        return path.read_text() if path.is_file() else None
+
+    def ensure_weights(self, key, progress=False, start=None) -> None:
+        from msad_tf.training.train import train
+
+        if self.has_weights(key):
+            return
+        teacher = self.teacher(key)
+        if teacher:
+            self.ensure_weights(teacher, progress, start)
+        config = self.config_of(key)
+        run, seed = self.by_name[key]
+        if progress:
+            index = [f"{r.name}_s{s}" for r, s in self.order].index(key)
+            print(f"== [{index + 1}/{len(self.order)}] training {run.label}, seed {seed} "
+                  f"({config.total_steps(config.train.steps_per_epoch)} steps) after {time.time() - start:.0f} s",
+                  flush=True)
+        t = time.time()
+        train(config, self.out / key, progress=False)
+        self.seconds[key] = time.time() - t
+
+    def produce(self, key, progress=False, start=None) -> dict:
+        """Trains (with its teacher when needed) and evaluates one run: the epoch curve first,
+        then the final rows, so that cached final rows mean a finished run."""
+        from msad_tf.training.callbacks import NonFiniteLossError
+
+        run, _ = self.by_name[key]
+        try:
+            self.ensure_weights(key, progress, start)
+        except NonFiniteLossError as err:
+            (self.out / key / DIVERGED_FILE).write_text(str(err))
+            raise
+        if self.wants_curve(key):
+            _curve(self.out / key, run.evals, self.val, self.config_of(key).train.steps_per_epoch)
+        rows = _evaluate(self.out / key, run.evals, self.val)
+        self.save(key)
+        return rows
+
+    def save(self, key) -> None:
+        import shutil
+
+        if self.keep is None:
+            return
+        (self.keep / key).mkdir(parents=True, exist_ok=True)
+        for name in ("reproduce_eval.json", "config.yaml", "history.csv"):
+            if (self.out / key / name).is_file():
+                shutil.copy(self.out / key / name, self.keep / key / name)
+
+    def collect(self, base_config, train=True, progress=False, start=None) -> dict:
+        """Rows of every run (training what is missing when ``train``), written to OUT."""
+        rows, labels, curves, diverged = {}, {}, {}, {}
+        result = None
+        for run, seed in self.order:
+            key = f"{run.name}_s{seed}"
+            config = self.config_of(key)
+            labels[run.name] = (run.label, run.table, config.total_steps(config.train.steps_per_epoch))
+            cached = self.cached(key)
+            if cached is None and self.diverged(key):
+                diverged[key] = self.diverged(key)
+                continue
+            if cached is None:
+                if not train:
+                    continue
+                try:
+                    cached = self.produce(key, progress, start)
+                except Exception as err:  # noqa: BLE001 - reported and skipped
+                    from msad_tf.training.callbacks import NonFiniteLossError
+
+                    if not isinstance(err, NonFiniteLossError):
+                        raise
+                    diverged[key] = str(err)
+                    print(f"== {key} diverged, skipped: {err}", flush=True)
+                    continue
+            rows[(run.name, seed)] = cached
+            if self.wants_curve(key):
+                curves[run.name] = _curve(self.out / key, run.evals, self.val, config.train.steps_per_epoch)
+            self.save(key)
+            result = summarize(rows, labels, self.seeds, curves, base_config, self.seconds)
+            result["diverged"] = diverged
+            write_outputs(result, self.out)
+        if result is None:
+            result = summarize(rows, labels, self.seeds, curves, base_config, self.seconds)
+            result["diverged"] = diverged
+        return result
+
+
+DIVERGED_FILE = "diverged.txt"
+
+
+def _worker(args, key) -> None:
+    """One run in its own process (``jobs`` > 1); output to OUT/<key>.log."""
+    import os
+    import sys
+
+    log = open(Path(args[1]) / f"{key}.log", "a")  # noqa: SIM115 - open for the process's life
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+    from msad_tf.cli import load_tensorflow_quietly
+
+    load_tensorflow_quietly()
+    from msad_tf.training.callbacks import NonFiniteLossError
+
+    try:
+        _Plan(*args).produce(key)
+    except NonFiniteLossError:
+        sys.exit(3)
+
+
+def _run_parallel(plan: _Plan, jobs: int, progress: bool, start: float) -> None:
+    """Runs the missing runs ``jobs`` at a time, each after its teacher's weights exist."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    keys = [f"{r.name}_s{s}" for r, s in plan.order]
+    pending = [k for k in keys if plan.cached(k) is None and not plan.diverged(k)]
+    for key in list(pending):
+        teacher = plan.teacher(key)
+        if teacher and teacher not in pending and not plan.has_weights(teacher):
+            pending.insert(pending.index(key), teacher)
+    running: dict[str, object] = {}
+    failed: set[str] = set()
+    while pending or running:
+        for key, proc in list(running.items()):
+            if not proc.is_alive():
+                proc.join()
+                del running[key]
+                plan.seconds[key] = time.time() - proc.started
+                if proc.exitcode != 0:
+                    failed.add(key)
+                if progress:
+                    state = "done" if proc.exitcode == 0 else f"FAILED (exit {proc.exitcode}, see {plan.out / key}.log)"
+                    print(f"== {key} {state} after {time.time() - start:.0f} s", flush=True)
+        for key in list(pending):
+            if len(running) >= jobs:
+                break
+            teacher = plan.teacher(key)
+            if teacher in failed:
+                pending.remove(key)
+                failed.add(key)
+                continue
+            if teacher and not plan.has_weights(teacher):
+                if teacher in running or teacher in pending:
+                    continue
+            pending.remove(key)
+            proc = context.Process(target=_worker, args=(plan.args, key), name=key)
+            proc.start()
+            proc.started = time.time()
+            running[key] = proc
+            if progress:
+                run, seed = plan.by_name[key]
+                print(f"== [{keys.index(key) + 1}/{len(keys)}] training {run.label}, seed {seed} "
+                      f"(log {plan.out / key}.log) after {time.time() - start:.0f} s", flush=True)
+        time.sleep(2)
 
 
 def _cached_rows(run_dir: Path, evals, low_input) -> dict | None:

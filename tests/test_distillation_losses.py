@@ -69,7 +69,7 @@ def test_unknown_name_and_option_list_valid_ones():
         assert name in str(err.value)
     with pytest.raises(ValueError, match="tau"):
         build_distillation_loss("msad_l1", channels=C, num_levels=2, temperature=2.0)
-    assert set(DISTILLATION_LOSSES) == {"msad_l1", "mse", "output_kd", "fgfi", "podnet", "skd"}
+    assert set(DISTILLATION_LOSSES) == {"msad_l1", "mse", "output_kd", "fgfi", "podnet", "skd", "skd_paper"}
 
 
 def test_msad_l1_hand_value():
@@ -243,11 +243,11 @@ def _np_nonlocal(x, params, mode):
 
 
 @pytest.mark.parametrize("distance,mode", [("squared", "embedded_gaussian"), ("norm", "dot_product")])
-def test_skd_hand_value(distance, mode):
+def test_skd_paper_hand_value(distance, mode):
     rng = np.random.default_rng(13)
     t, s = _maps(14), _maps(15)
     temp = 0.5
-    loss = build_distillation_loss("skd", channels=C, num_levels=2, distance=distance, nonlocal_mode=mode,
+    loss = build_distillation_loss("skd_paper", channels=C, num_levels=2, distance=distance, nonlocal_mode=mode,
                                    nonlocal_pool=1, temperature=temp)
     expected = {"at": 0.0, "am": 0.0, "nld": 0.0}
     dist = (lambda a, b: ((a - b) ** 2).reshape(len(a), -1).sum(1)) if distance == "squared" else (
@@ -278,8 +278,8 @@ def test_skd_hand_value(distance, mode):
     np.testing.assert_allclose(float(loss(_tf(t), _tf(s))), total, rtol=RTOL)
 
 
-def test_skd_weights_and_identity_start():
-    loss = build_distillation_loss("skd", channels=C, num_levels=2)
+def test_skd_paper_weights_and_identity_start():
+    loss = build_distillation_loss("skd_paper", channels=C, num_levels=2)
     assert loss.training_only
     assert len(loss.trainable_weights) == 2 * (2 + 2 + 2 + 2 + 8)
     assert len(loss.non_trainable_weights) == 2 * 8
@@ -287,7 +287,7 @@ def test_skd_weights_and_identity_start():
     nonlocal_params = 3 * (C * inter + inter) + inter * C + C
     per_level = (C * C + C) + (9 + 1) + (C * C + C) + (C * C + C) + nonlocal_params
     assert sum(int(np.prod(w.shape)) for w in loss.trainable_weights) == 2 * per_level
-    trained = build_distillation_loss("skd", channels=C, num_levels=2, train_teacher_block=True)
+    trained = build_distillation_loss("skd_paper", channels=C, num_levels=2, train_teacher_block=True)
     assert len(trained.trainable_weights) == 2 * (2 + 2 + 2 + 2 + 8 + 8)
     x = _tf(_maps(16, [(1, 4, 4, C), (1, 2, 2, C)]))
     terms = loss.terms(x, x)
@@ -303,7 +303,9 @@ OPTIONS = {
     "output_kd": dict(temperature=2.0, weight=0.5),
     "fgfi": dict(weight=2.0, box_expand=1.2, shared_adapter=True),
     "podnet": dict(weight=0.7),
-    "skd": dict(temperature=0.1, distance="norm", nonlocal_pool=[2, 1], train_teacher_block=True),
+    "skd": dict(preset="two_stage", temperature=0.2, channel_mask=True, nonlocal_pool=[2, 1], inter_channels=[1, 2],
+                adapter_init="identity"),
+    "skd_paper": dict(temperature=0.1, distance="norm", nonlocal_pool=[2, 1], train_teacher_block=True),
 }
 
 

@@ -91,3 +91,58 @@ def test_fit_trains_only_the_student():
         np.testing.assert_array_equal(a, b)
     changed = [not np.array_equal(a, b.numpy()) for a, b in zip(before_student, student.trainable_weights)]
     assert sum(changed) > 0.9 * len(changed)
+
+
+def test_same_resolution_student_sees_the_high_res_image():
+    """student_input high: a smaller student (other FPN width, adapters) reads P3..P7 of the
+    high-res batch itself; its detection loss is that of the student run alone on that batch,
+    and its KD term compares maps of the teacher's own sizes."""
+    keras.utils.set_random_seed(4)
+    teacher = FCOSDetector(tiny_model_config(width=0.5), 3, train_mode="single")
+    student = FCOSDetector(tiny_model_config(fpn_channels=8, gn_groups=4), 3, inference_shift=0)
+    distiller = Distiller(teacher, student, build_distillation_loss("msad_l1", channels=16, num_levels=5),
+                          teacher_target="high", student_input="high", aligned=False)
+    assert distiller.student_shift == 0 and distiller.aligned
+    batch = toy_batch(2, 128)
+    losses = distiller.compute_losses(batch, training=False)
+    outputs = student.head_outputs(student.pyramid_features(batch["images"], 0, False))
+    det = student.branch_loss(outputs, student.targets(batch["boxes"], batch["classes"], outputs))
+    np.testing.assert_allclose(float(losses["loss_det"]), float(det["total"]), rtol=1e-5)
+    teacher_maps = teacher.pyramid_features(batch["images"], 0, False)
+    student_maps = [a(f) for a, f in zip(distiller.channel_adapters,
+                                         student.pyramid_features(batch["images"], 0, False))]
+    expected = 3.0 * sum(float(tf.reduce_mean(tf.abs(s - t))) for s, t in zip(student_maps, teacher_maps))
+    assert [m.shape[1] for m in teacher_maps] == [16, 8, 4, 2, 1]
+    np.testing.assert_allclose(float(losses["loss_kd"]), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="student_input"):
+        Distiller(teacher, student, build_distillation_loss("msad_l1", channels=16, num_levels=5),
+                  teacher_target="high", student_input="half")
+
+
+@pytest.mark.slow
+def test_same_resolution_distillation_end_to_end(tiny_data, tmp_path):
+    """A wider single-scale teacher -> a narrower student at the same (high) resolution through
+    ``msad distill --student-input high``: the student is deployed, evaluated and exported at H."""
+    from conftest import tiny_train_config
+    from msad_tf.cli import main
+    from msad_tf.evaluation.evaluator import evaluate_model
+    from msad_tf.export.saved_model import deploy_resolution, export_spec
+    from msad_tf.training import runs
+    from msad_tf.training.train import load_split, train
+
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    train(tiny_train_config(tiny_data, model={"width": 0.5}), teacher_dir, progress=False)
+    config_path = tmp_path / "student.yaml"
+    tiny_train_config(tiny_data).save(config_path)
+    main(["distill", "--teacher", str(teacher_dir), "--config", str(config_path), "--run-dir", str(student_dir),
+          "--student-input", "high", "--set", "train.teacher_target=high", "--set", "train.student_init=none",
+          "--set", "model.fpn_channels=8", "--quiet"])
+    config, student, _, _ = runs.load_run(student_dir)
+    assert config.train.student_input == "high" and config.model.fpn_channels == 8
+    assert deploy_resolution(student, config) == "high" and student.inference_shift == 0
+    spec = export_spec(student, config)
+    assert spec.resolution == "high" and spec.shift == 0 and spec.subsample == 1
+    history = (student_dir / "history.csv").read_text().splitlines()
+    assert "loss_kd" in history[0] and len(history) == 3
+    metrics = evaluate_model(student, load_split(config, "val"), config, "high", progress=False)
+    assert 0.0 <= metrics["AP"] <= 100.0

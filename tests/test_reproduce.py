@@ -113,3 +113,41 @@ def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
                                     plateau=False, progress=False, keep=keep)
     assert json.dumps(third["claims"], sort_keys=True) == json.dumps(first["claims"], sort_keys=True)
     assert third["curves"] == first["curves"] and first["curves"]["student"]
+
+
+@pytest.mark.slow
+def test_parallel_reproduction_trains_each_run_once_after_its_teacher(tiny_data, tmp_path, monkeypatch):
+    """jobs=2: every core run is trained in its own process (its log in OUT), each student
+    after its teacher's weights exist, and a second call with jobs=1 reuses all of them."""
+    import yaml
+
+    from conftest import TINY_DATA_MODEL
+
+    config = {
+        "model": TINY_DATA_MODEL,
+        "data": {"short_side": 64, "max_side": 64, "pad_multiple": 128, "max_boxes": 8},
+        "train": {"batch_size": 2, "base_batch": 2, "base_lr": 0.01, "epochs": 1, "steps_per_epoch": 2,
+                  "lr_decay_epochs": [0.5], "backup_every": 0, "precision": "float32"},
+        "eval": {"batch_size": 2},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    first = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0,), variants=False, plateau=False,
+                                    progress=False, keep=None, jobs=2)
+    names = [run.name for run in reproduce.CORE]
+    assert set(first["table"]) == set(names)
+    for name in names:
+        assert (out / f"{name}_s0.log").is_file() and (out / f"{name}_s0" / "model.weights.h5").is_file()
+    teacher_done = (out / "teacher_s0" / "model.weights.h5").stat().st_mtime
+    for student in ("student_s0", "student_no_kd_s0"):
+        assert (out / student / "config.yaml").stat().st_mtime >= teacher_done
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was trained or evaluated again")
+
+    monkeypatch.setattr("msad_tf.training.train.train", fail)
+    monkeypatch.setattr("msad_tf.evaluation.evaluator.evaluate_model", fail)
+    second = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0,), variants=False, plateau=False,
+                                     progress=False, keep=None)
+    assert json.dumps(second["table"], sort_keys=True) == json.dumps(first["table"], sort_keys=True)

@@ -91,7 +91,7 @@ def _tfrecord_files(pattern: str) -> list[str]:
 
 
 def prepare_image(example, index, *, short_side, max_side, training, jitter, flip, max_boxes, seed,
-                  input_norm="imagenet_std"):
+                  input_norm="imagenet_std", corruption=None):
     """The per-image transform of the pipeline.
 
     Args:
@@ -99,6 +99,9 @@ def prepare_image(example, index, *, short_side, max_side, training, jitter, fli
         boxes float32 [N, 4] original pixels, classes int32 [N]).
       index: int64 scalar, position of the element in the stream (seeds its randomness).
       input_norm: ``normalize_image`` mode (``resolve_input_norm`` of the model config).
+      corruption: None, or ``f(image uint8 [H, W, 3], image_id int64) -> uint8 [H, W, 3]``
+        applied to the decoded original image before anything else (the evaluation hook of
+        ``msad evaluate --corruption``, e.g. ``Corruption.tf_apply``).
     Returns:
       dict(images float32 [h, w, 3] normalized, boxes float32 [max_boxes, 4] resized pixels
       (zero padded), classes int32 [max_boxes] (-1 padded), image_ids int64, scales float32,
@@ -106,6 +109,8 @@ def prepare_image(example, index, *, short_side, max_side, training, jitter, fli
     """
     encoded = example["encoded"]
     image = encoded if encoded.dtype == tf.uint8 else _decode(encoded)
+    if corruption is not None:
+        image = tf.ensure_shape(corruption(image, example["image_id"]), [None, None, 3])
     u = tf.random.stateless_uniform([2], seed=tf.stack([tf.constant(seed, tf.int64), index]))
     if training:
         alpha = jitter[0] + (jitter[1] - jitter[0]) * u[0]
@@ -161,6 +166,7 @@ def build_dataset(
     input_context=None,
     input_norm="imagenet_std",
     cache_images=False,
+    corruption=None,
 ) -> tf.data.Dataset:
     """Batches of a COCO dataset ready for the detectors.
 
@@ -188,6 +194,9 @@ def build_dataset(
         least as many as pipelines, records otherwise. ``batch_size`` stays per pipeline.
       input_norm: pixel normalisation, ``resolve_input_norm(config.model)`` of the model the
         batches are for (``imagenet_std`` or ``caffe``).
+      corruption: evaluation only: None, or a per-image function of the decoded uint8 original
+        image and its id, applied before resizing (see ``prepare_image``; robustness evaluation,
+        ``msad_tf.evaluation.corruptions``). None leaves the pipeline unchanged.
     Returns:
       tf.data.Dataset of dict(
         images float32 [B, Hp, Wp, 3] normalized, zero padded bottom/right,
@@ -202,6 +211,8 @@ def build_dataset(
     jitter = (float(jitter[0]), float(jitter[1]))
     if not 0 < jitter[0] <= jitter[1]:
         raise ValueError(f"jitter {jitter} must satisfy 0 < alpha_min <= alpha_max")
+    if corruption is not None and training:
+        raise ValueError("corruption is an evaluation hook: build_dataset(training=False) only")
 
     shards = 1 if input_context is None else input_context.num_input_pipelines
     shard_index = 0 if input_context is None else input_context.input_pipeline_id
@@ -257,6 +268,7 @@ def build_dataset(
             max_boxes=max_boxes,
             seed=seed,
             input_norm=input_norm,
+            corruption=corruption,
         )
 
     ds = ds.enumerate().map(

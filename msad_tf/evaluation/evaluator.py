@@ -16,14 +16,18 @@ def resolution_for(config, name: str) -> tuple[int, int, int]:
 
 
 def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, pad_multiple=256,
-                 max_images=None, progress=True, branch=None, stride=1, input_norm="imagenet_std"):
+                 max_images=None, progress=True, branch=None, stride=1, input_norm="imagenet_std",
+                 corruption=None, bar=None):
     """Detections of ``model`` on a CocoDataset, as COCO results in original pixels.
 
     Images are resized to ``short_side``/``max_side``, normalised (``input_norm``), zero padded
     to ``pad_multiple`` and read through ``network_input`` with ``stride`` (see
     ``input_geometry``). ``shift`` selects the pyramid levels (0: P3..P7 of the input; m: the
     aligned low-resolution levels). ``branch`` is passed to models with several inference
-    branches. Returns (results, image_ids evaluated).
+    branches. ``corruption`` (a ``corruptions.Corruption``, or a function of the decoded uint8
+    image and its id) corrupts each original image before it is resized (``build_dataset``).
+    ``bar``: an object with ``update(n)`` (e.g. tqdm) advanced once per batch instead of this
+    function's own progress bar. Returns (results, image_ids evaluated).
     """
     from msad_tf.data import build_dataset
     from msad_tf.data.preprocess import network_input
@@ -36,12 +40,17 @@ def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, p
         training=False,
         pad_multiple=pad_multiple,
         input_norm=input_norm,
+        corruption=getattr(corruption, "tf_apply", corruption),
     )
     total = len(dataset.records) if max_images is None else min(max_images, len(dataset.records))
     num_batches = -(-total // batch_size)
     ds = ds.take(num_batches)
     detect = model.detect_function(shift) if branch is None else model.detect_function(shift, branch)
-    bar = keras.utils.Progbar(num_batches, verbose=1 if progress else 0, unit_name="batch")
+    if bar is None:
+        bar = keras.utils.Progbar(num_batches, verbose=1 if progress else 0, unit_name="batch")
+        advance = bar.add
+    else:
+        advance = bar.update
     results, image_ids = [], []
     for batch in ds:
         out = detect(*network_input(batch["images"], batch["image_sizes"], stride))
@@ -57,16 +66,18 @@ def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, p
             dataset.category_ids,
         )
         image_ids += ids.tolist()
-        bar.add(1)
+        advance(1)
     return results, image_ids
 
 
 def evaluate_model(model, dataset, config, resolution: str = "high", shift=None, branch=None,
-                   max_images=None, progress=True) -> dict[str, float]:
+                   max_images=None, progress=True, corruption=None, bar=None) -> dict[str, float]:
     """COCO metrics of ``model`` on ``dataset`` at resolution ``high`` or ``low``.
 
     ``shift`` defaults to the model's own choice for that resolution (``model.shift_for``).
     The images are made as ``resolution_for`` says and normalised with ``model.input_norm``.
+    ``corruption``: a ``corruptions.Corruption`` applied to each original image (robustness
+    evaluation); ``bar``: see ``predict_coco``.
     """
     from msad_tf.data.preprocess import resolve_input_norm
 
@@ -86,8 +97,17 @@ def evaluate_model(model, dataset, config, resolution: str = "high", shift=None,
         branch=branch,
         stride=stride,
         input_norm=resolve_input_norm(config.model),
+        corruption=None if corruption is None or getattr(corruption, "is_identity", False) else corruption,
+        bar=bar,
     )
     return evaluate_coco(dataset.coco, results, np.unique(image_ids))
+
+
+def evaluation_batches(dataset, config, max_images=None) -> int:
+    """Batches one ``evaluate_model`` call reads (for progress bars over several evaluations)."""
+    max_images = max_images if max_images is not None else config.eval.max_images
+    total = len(dataset.records) if max_images is None else min(max_images, len(dataset.records))
+    return -(-total // config.eval.batch_size)
 
 
 class COCOEvalCallback(keras.callbacks.Callback):

@@ -79,13 +79,13 @@ class ExportSpec:
 
 def deploy_resolution(model, config) -> str:
     """The resolution a run is deployed at: the model's ``deploy_resolution`` attribute if it has
-    one, ``low`` for a student (or a single-resolution model trained on low-res input), else
-    ``high``."""
+    one, ``low`` for a student of a low-res input (or a single-resolution model trained on
+    low-res input), else ``high``."""
     resolution = getattr(model, "deploy_resolution", None)
     if resolution:
         return resolution
     mode = config.train.mode
-    if mode == "student" or (mode == "single" and config.train.input == "low"):
+    if (mode == "student" and config.train.student_input == "low") or (mode == "single" and config.train.input == "low"):
         return "low"
     return "high"
 

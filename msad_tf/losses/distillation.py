@@ -446,249 +446,15 @@ class PODNetLoss(DistillationLoss):
         return config
 
 
-def spatial_attention(features):
-    """G^s(A) = mean over channels of |A| (SKD eq. 1): [B, h, w, C] -> [B, h, w]."""
-    return tf.reduce_mean(tf.abs(features), axis=-1)
-
-
-def channel_attention(features):
-    """G^c(A) = mean over h, w of |A| (SKD eq. 1): [B, h, w, C] -> [B, C]."""
-    return tf.reduce_mean(tf.abs(features), axis=[1, 2])
-
-
-def attention_masks(teacher, student, temperature: float):
-    """SKD attention masks (sec. III-C.1, eq. 2), without gradient.
-
-    M^s = h w softmax(G^s / T) over the h * w locations, M^c = C softmax(G^c / T) over the C
-    channels, each computed for teacher and student and averaged (the text of III-A and the
-    authors' code; eq. 2 as printed puts the sum inside one softmax).
-
-    Args: teacher, student [B, h, w, C]. Returns M^s [B, h, w] (sums to h * w per sample) and
-    M^c [B, C] (sums to C per sample).
-    """
-    shape = tf.shape(teacher)
-    b, h, w, c = shape[0], shape[1], shape[2], shape[3]
-    hw = tf.cast(h * w, tf.float32)
-
-    def spatial(a):
-        logits = tf.reshape(spatial_attention(a) / temperature, [b, -1])
-        return tf.reshape(hw * tf.nn.softmax(logits, axis=-1), [b, h, w])
-
-    def channel(a):
-        return tf.cast(c, tf.float32) * tf.nn.softmax(channel_attention(a) / temperature, axis=-1)
-
-    m_s = (spatial(teacher) + spatial(student)) / 2.0
-    m_c = (channel(teacher) + channel(student)) / 2.0
-    return tf.stop_gradient(m_s), tf.stop_gradient(m_c)
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class NonLocalBlock(keras.layers.Layer):
-    """Relation module of SKD non-local distillation (sec. III-C.2, eq. 5; Wang et al. 2018).
-
-    r = W( f(theta(A), phi(A)) g(A) ) with 1x1 convs theta, phi, g (C -> C_i) and W (C_i -> C).
-    ``mode='embedded_gaussian'``: f = softmax over keys of theta phi^T; ``'dot_product'``:
-    f = theta phi^T / N_keys (the 1/(WH) of eq. 5). phi and g may be max-pooled by ``pool``
-    (stride = size, SAME padding) to reduce the number of keys, as in the authors' code. No
-    residual and no BatchNorm after W (the authors' block returns x + BN(W y) with a zero-initialised
-    BN): r is the relation of eq. 5 itself. [B, h, w, C] -> [B, h, w, C].
-    """
-
-    def __init__(self, channels: int, inter_channels: int | None = None,
-                 mode: str = "embedded_gaussian", pool: int = 1, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        if mode not in ("embedded_gaussian", "dot_product"):
-            raise ValueError(f"non-local mode {mode!r}: use 'embedded_gaussian' or 'dot_product'")
-        self.channels = int(channels)
-        self.inter_channels = int(inter_channels or max(self.channels // 2, 1))
-        self.mode = mode
-        self.pool = int(pool)
-        self.theta = keras.layers.Conv2D(self.inter_channels, 1, name="theta", dtype="float32")
-        self.phi = keras.layers.Conv2D(self.inter_channels, 1, name="phi", dtype="float32")
-        self.g = keras.layers.Conv2D(self.inter_channels, 1, name="g", dtype="float32")
-        self.out = keras.layers.Conv2D(self.channels, 1, name="out", dtype="float32")
-        self.build()
-
-    def build(self, input_shape=None):
-        for layer in (self.theta, self.phi, self.g):
-            layer.build((None, None, None, self.channels))
-        self.out.build((None, None, None, self.inter_channels))
-        self.built = True
-
-    def _keys(self, x):
-        if self.pool > 1:
-            x = tf.nn.max_pool2d(x, self.pool, self.pool, "SAME")
-        return tf.reshape(x, [tf.shape(x)[0], -1, self.inter_channels])
-
-    def call(self, x):
-        shape = tf.shape(x)
-        b, h, w = shape[0], shape[1], shape[2]
-        query = tf.reshape(self.theta(x), [b, -1, self.inter_channels])
-        key = self._keys(self.phi(x))
-        value = self._keys(self.g(x))
-        affinity = tf.matmul(query, key, transpose_b=True)
-        if self.mode == "embedded_gaussian":
-            affinity = tf.nn.softmax(affinity, axis=-1)
-        else:
-            affinity = affinity / tf.cast(tf.shape(key)[1], tf.float32)
-        y = tf.reshape(tf.matmul(affinity, value), [b, h, w, self.inter_channels])
-        return self.out(y)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            channels=self.channels,
-            inter_channels=self.inter_channels,
-            mode=self.mode,
-            pool=self.pool,
-        )
-        return config
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class SKDLoss(DistillationLoss):
-    """Structured knowledge distillation (Zhang and Ma, TPAMI 2023, sec. III-C), per FPN level.
-
-    With A^T the teacher map, A^S the student map ([B, h, w, C]), masks from
-    ``attention_masks`` and per-level training-only adapters (sec. IV-G: 1x1 convs for the
-    masked features and the non-local relations, a 3x3 conv on the [h, w, 1] spatial attention,
-    a fully connected layer on the [C] channel attention):
-
-      L_AM  = sqrt( sum_{h,w,C} (A^T - adapt_1x1(A^S))^2 M^s M^c )                      (eq. 4)
-      L_AT  = D(adapt_3x3(G^s(A^S)), G^s(A^T)) + D(adapt_fc(G^c(A^S)), G^c(A^T))           (eq. 3)
-      L_NLD = D(adapt_1x1'(NL^S(A^S)), NL^T(A^T))                                     (III-C.2)
-
-    each computed per sample, summed over the local batch and divided by the global batch size
-    (public copies of the authors' code take the norm over the whole per-GPU batch; a per-sample
-    value is the only one independent of how the batch is split over devices). D is the sum of
-    squared differences (``distance='squared'``) or its square root (``'norm'``, torch.dist in the
-    authors' code).
-
-    Total (eq. 6): L = alpha * L_AT + beta * L_AM + gamma * L_NLD, summed over levels, with the
-    one-stage settings of sec. IV-A: alpha = gamma = 4e-4 (``at_weight``, ``nld_weight``),
-    beta = 2e-2 (``am_weight``), T = 0.5. Public copies of the authors' mmdetection code apply
-    the alpha value to L_AM and the beta value to L_AT (swapped with respect to eq. 6); the three
-    weights are separate options so either reading can be configured.
-
-    NL^S is trainable; NL^T (the teacher's block) is frozen unless ``train_teacher_block``: the
-    paper does not say it is trained, and without a residual a trainable NL^T admits the trivial
-    solution r^T = r^S = 0. NL^S starts as a copy of NL^T, and with ``adapter_init='identity'``
-    the adapters start as identities, so a student equal to its teacher starts at zero loss.
-    ``nonlocal_pool``: max-pool size of the non-local keys per level (default 4 on the first,
-    finest level and 2 on the others).
-    """
-
-    training_only = True
-
-    def __init__(self, channels, num_levels, temperature: float = 0.5, at_weight: float = 4e-4,
-                 am_weight: float = 2e-2, nld_weight: float = 4e-4, distance: str = "squared",
-                 nonlocal_mode: str = "embedded_gaussian", inter_channels: int | None = None,
-                 nonlocal_pool=None, train_teacher_block: bool = False,
-                 adapter_init: str = "identity", **kwargs):
-        super().__init__(channels, num_levels, **kwargs)
-        if distance not in ("squared", "norm"):
-            raise ValueError(f"distance {distance!r}: use 'squared' or 'norm'")
-        self.temperature = float(temperature)
-        self.at_weight = float(at_weight)
-        self.am_weight = float(am_weight)
-        self.nld_weight = float(nld_weight)
-        self.distance = distance
-        self.nonlocal_mode = nonlocal_mode
-        self.inter_channels = inter_channels
-        if nonlocal_pool is None:
-            nonlocal_pool = [4] + [2] * (self.num_levels - 1)
-        elif isinstance(nonlocal_pool, int):
-            nonlocal_pool = [nonlocal_pool] * self.num_levels
-        if len(nonlocal_pool) != self.num_levels:
-            raise ValueError(f"nonlocal_pool has {len(nonlocal_pool)} entries for {self.num_levels} levels")
-        self.nonlocal_pool = [int(p) for p in nonlocal_pool]
-        self.train_teacher_block = bool(train_teacher_block)
-        self.adapter_init = adapter_init
-        c = self.channels
-        levels = range(self.num_levels)
-        self.am_adapters = [_built_conv(c, 1, c, adapter_init, f"am_adapter_{i}") for i in levels]
-        self.spatial_adapters = [
-            _built_conv(1, 3, 1, adapter_init, f"spatial_adapter_{i}") for i in levels
-        ]
-        self.channel_adapters = [
-            _built_dense(c, c, adapter_init, f"channel_adapter_{i}") for i in levels
-        ]
-        self.nld_adapters = [_built_conv(c, 1, c, adapter_init, f"nld_adapter_{i}") for i in levels]
-        self.teacher_blocks = []
-        self.student_blocks = []
-        for i, pool in enumerate(self.nonlocal_pool):
-            teacher = NonLocalBlock(c, inter_channels, nonlocal_mode, pool, name=f"teacher_nonlocal_{i}")
-            student = NonLocalBlock(c, inter_channels, nonlocal_mode, pool, name=f"student_nonlocal_{i}")
-            student.set_weights(teacher.get_weights())
-            teacher.trainable = self.train_teacher_block
-            self.teacher_blocks.append(teacher)
-            self.student_blocks.append(student)
-
-    def _distance(self, a, b):
-        sq = tf.reduce_sum(tf.square(a - b), axis=list(range(1, a.shape.rank)))
-        return sq if self.distance == "squared" else _safe_sqrt(sq)
-
-    def level_terms(self, level: int, t, s):
-        """Per-sample [B] L_AT, L_AM, L_NLD of one level; t (no gradient), s: [B, h, w, C]."""
-        m_s, m_c = attention_masks(t, s, self.temperature)
-        weighted = tf.square(t - self.am_adapters[level](s)) * m_s[..., None] * m_c[:, None, None, :]
-        am = _safe_sqrt(tf.reduce_sum(weighted, axis=[1, 2, 3]))
-        spatial_s = self.spatial_adapters[level](spatial_attention(s)[..., None])[..., 0]
-        channel_s = self.channel_adapters[level](channel_attention(s))
-        at = self._distance(spatial_s, spatial_attention(t))
-        at += self._distance(channel_s, channel_attention(t))
-        r_t = self.teacher_blocks[level](t)
-        if not self.train_teacher_block:
-            r_t = tf.stop_gradient(r_t)
-        r_s = self.nld_adapters[level](self.student_blocks[level](s))
-        nld = self._distance(r_s, r_t)
-        return {"at": at, "am": am, "nld": nld}
-
-    def terms(self, teacher_features, student_features):
-        """Unweighted L_AT, L_AM, L_NLD summed over levels, each a per-replica batch mean."""
-        pairs = self.pair_maps(teacher_features, student_features)
-        (batch,) = tf.unstack(global_counts(tf.shape(student_features[0])[0]))
-        totals = {"at": 0.0, "am": 0.0, "nld": 0.0}
-        for level, (t, s) in enumerate(pairs):
-            for key, value in self.level_terms(level, t, s).items():
-                totals[key] += tf.reduce_sum(value) / batch
-        return totals
-
-    def call(self, teacher_features, student_features, *, teacher_outputs=None,
-             student_outputs=None, boxes=None, classes=None, image_shape=None, strides=None):
-        terms = self.terms(teacher_features, student_features)
-        return (
-            self.at_weight * terms["at"]
-            + self.am_weight * terms["am"]
-            + self.nld_weight * terms["nld"]
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            temperature=self.temperature,
-            at_weight=self.at_weight,
-            am_weight=self.am_weight,
-            nld_weight=self.nld_weight,
-            distance=self.distance,
-            nonlocal_mode=self.nonlocal_mode,
-            inter_channels=self.inter_channels,
-            nonlocal_pool=list(self.nonlocal_pool),
-            train_teacher_block=self.train_teacher_block,
-            adapter_init=self.adapter_init,
-        )
-        return config
-
-
 DISTILLATION_LOSSES = {
     "msad_l1": MSADL1Loss,
     "mse": MSELoss,
     "output_kd": OutputKDLoss,
     "fgfi": FGFILoss,
     "podnet": PODNetLoss,
-    "skd": SKDLoss,
 }
+"""Loss classes by config name. ``skd`` and ``skd_paper`` are added by ``msad_tf.losses.skd``,
+imported at the end of this module."""
 
 
 def build_distillation_loss(name: str, channels: int, num_levels: int, num_classes: int | None = None,
@@ -717,3 +483,17 @@ def build_distillation_loss(name: str, channels: int, num_levels: int, num_class
             f"distillation loss {name!r} has no option(s) {unknown}; valid: {', '.join(sorted(accepted))}"
         )
     return cls(channels, num_levels, num_classes=num_classes, aligned=aligned, **options)
+
+
+from msad_tf.losses import skd as _skd  # registers skd and skd_paper
+
+_SKD_NAMES = frozenset({
+    "SKDLoss", "SKDPaperLoss", "NonLocalBlock", "attention_masks", "spatial_attention", "channel_attention",
+})
+
+
+def __getattr__(name):
+    """The SKD names, which live in ``msad_tf.losses.skd``, stay importable from here."""
+    if name in _SKD_NAMES:
+        return getattr(_skd, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -101,10 +101,14 @@ class Distiller(keras.Model):
         P3..P7 on x) or ``low`` (teacher P(3-m)'..P(7-m)' on x').
       teacher_bn_training: run the teacher's BatchNorm in training mode (authors' code).
       aligned: student reads the shifted levels (True) or the normal P3..P7 of x' (False).
+      student_input: ``low`` (the student sees x', MSAD) or ``high`` (the student sees x itself
+        and reads P3..P7: same-resolution distillation, e.g. a larger teacher into a smaller
+        student; ``aligned`` is then moot).
     """
 
     def __init__(self, teacher, student, distill_loss, gamma=0.2, kd_warmup_steps=0,
-                 teacher_target="fused", teacher_bn_training=False, aligned=True, det_weight=None, **kwargs):
+                 teacher_target="fused", teacher_bn_training=False, aligned=True, det_weight=None,
+                 student_input="low", **kwargs):
         super().__init__(**kwargs)
         check_compatible(teacher, student)
         if teacher_target == "fused" and not hasattr(teacher, "fused_features"):
@@ -121,8 +125,11 @@ class Distiller(keras.Model):
         self.kd_warmup_steps = int(kd_warmup_steps)
         self.teacher_target = teacher_target
         self.teacher_bn_training = bool(teacher_bn_training)
-        self.aligned = bool(aligned)
-        self.student_shift = student.pyramid.shift if aligned else 0
+        if student_input not in ("low", "high"):
+            raise ValueError(f"student_input '{student_input}': choose low or high")
+        self.student_input = student_input
+        self.aligned = bool(aligned) or student_input == "high"
+        self.student_shift = student.pyramid.shift if aligned and student_input == "low" else 0
         self.needs_outputs = bool(getattr(distill_loss, "needs_outputs", False))
         t_channels = teacher.model_config.fpn_channels
         self.channel_adapters = None
@@ -134,7 +141,8 @@ class Distiller(keras.Model):
         for adapter in self.channel_adapters or []:
             adapter.build((None, None, None, student.model_config.fpn_channels))
         self.built = True
-        names = ["loss", "loss_kd", "loss_det"] + [f"det_{p}" for p in _PARTS]
+        self.kd_log_names = tuple(getattr(self.distill_loss, "log_names", ()))
+        names = ["loss", "loss_kd", "loss_det"] + [f"det_{p}" for p in _PARTS] + list(self.kd_log_names)
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     @property
@@ -157,7 +165,8 @@ class Distiller(keras.Model):
         return tf.minimum(step / float(self.kd_warmup_steps), 1.0)
 
     def compute_losses(self, data, training=True):
-        """dict of per-replica scalars: loss, loss_kd (unweighted), loss_det, det_<part>."""
+        """dict of per-replica scalars: loss, loss_kd (unweighted), loss_det, det_<part>, and the
+        distillation loss's own per-level terms (its ``log_names``, e.g. SKD's) when it has them."""
         images, boxes, classes = data["images"], data["boxes"], data["classes"]
         teacher_feats = [tf.stop_gradient(f) for f in self.teacher_features(images)]
         teacher_outputs = None
@@ -167,14 +176,15 @@ class Distiller(keras.Model):
                 for level in self.teacher.head_outputs(teacher_feats)
             ]
         student = self.student
-        low = student.pyramid.subsample(images)
-        student_feats = student.pyramid_features(low, self.student_shift, training)
+        seen = images if self.student_input == "high" else student.pyramid.subsample(images)
+        student_feats = student.pyramid_features(seen, self.student_shift, training)
         student_outputs = student.head_outputs(student_feats)
         scale = 1.0 if self.aligned else float(student.pyramid.k)
         targets = student.targets(boxes, classes, student_outputs, scale=scale)
         det = student.branch_loss(student_outputs, targets)
         if self.channel_adapters is not None:
             student_feats = [adapt(f) for adapt, f in zip(self.channel_adapters, student_feats)]
+        extra = {"return_logs": True} if self.kd_log_names else {}
         kd = self.distill_loss(
             teacher_feats,
             student_feats,
@@ -183,8 +193,10 @@ class Distiller(keras.Model):
             boxes=boxes,
             classes=classes,
             strides=list(self.teacher.pyramid.strides(0)),
+            **extra,
         )
-        losses = {"loss_kd": kd, "loss_det": det["total"]}
+        kd, kd_logs = kd if self.kd_log_names else (kd, {})
+        losses = {"loss_kd": kd, "loss_det": det["total"], **kd_logs}
         for part in _PARTS:
             losses[f"det_{part}"] = det[part]
         losses["loss"] = self.gamma * self.kd_ramp() * kd + self.det_weight * det["total"]

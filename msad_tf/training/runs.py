@@ -43,14 +43,16 @@ def build_model(config: Config, num_classes: int, inference_shift: int = 0):
 
 def build_student(config: Config, num_classes: int):
     """The deployable student: FCOS reading the aligned levels of a low-res input (or P3..P7
-    when ``train.aligned`` is false)."""
+    when ``train.aligned`` is false, or of the high-res input when ``train.student_input`` is
+    high)."""
     from msad_tf.modeling.detector import FCOSDetector
     from msad_tf.modeling.pyramid import AlignedPyramid
 
     shift = AlignedPyramid(tuple(config.model.head_levels), config.model.k).shift
     return FCOSDetector(
         config.model, num_classes, train_mode="single",
-        inference_shift=shift if config.train.aligned else 0, name="student",
+        inference_shift=shift if config.train.aligned and config.train.student_input == "low" else 0,
+        name="student",
     )
 
 

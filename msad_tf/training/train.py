@@ -88,7 +88,8 @@ def make_train_dataset(config: Config, train_data, global_batch: int):
 
 def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """SGD with momentum, weight decay on kernels (coupled L2 by default, see
-    ``msad_tf.training.optimizers``), warm-up and step decay.
+    ``msad_tf.training.optimizers``), warm-up and step decay; or AdamW (``train.optimizer``)
+    with the same schedule and decoupled decay.
 
     The learning rate scales linearly with the global batch (base_lr at base_batch).
     ``train.clipnorm`` clips the global norm of the gradients, ``train.clipvalue`` each element.
@@ -107,6 +108,10 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
         warmup_factor=t.warmup_factor,
     )
     clipping = dict(global_clipnorm=t.clipnorm, clipvalue=t.clipvalue)
+    if t.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=t.weight_decay or 0.0, **clipping)
+        optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+        return optimizer
     if t.weight_decay and t.weight_decay_mode == "coupled":
         return CoupledSGD(schedule, momentum=float(t.momentum), l2=t.weight_decay, l2_exclude=NO_WEIGHT_DECAY,
                           **clipping)
@@ -143,13 +148,13 @@ def build_distiller(config: Config, train_data, steps_per_epoch: int = 1):
         channels=teacher.model_config.fpn_channels,
         num_levels=teacher.pyramid.num_levels,
         num_classes=train_data.num_classes,
-        aligned=t.aligned,
+        aligned=t.aligned or t.student_input == "high",
         **({"tau": t.tau} if t.distill_loss == "msad_l1" else {}),
     )
     return Distiller(
         teacher, student, loss, gamma=t.gamma, kd_warmup_steps=config.kd_warmup_steps(steps_per_epoch),
         teacher_target=t.teacher_target, teacher_bn_training=t.teacher_bn_training, aligned=t.aligned,
-        det_weight=config.det_weight(),
+        det_weight=config.det_weight(), student_input=t.student_input,
     )
 
 
