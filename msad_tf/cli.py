@@ -122,12 +122,44 @@ def cmd_evaluate(args):
         raise ValueError("--severity needs --corruption NAME (or all)")
     if args.sweep:
         return _sweep(args)
+    if args.checkpoints:
+        return _evaluate_checkpoints(args)
 
     rows = _evaluate_run(args.run, args.split, args.resolutions, args.max_images, not args.quiet)
     print(format_table(rows, title=f"{args.run} ({args.split})"))
     out = Path(args.json or Path(args.run) / f"eval_{args.split}.json")
     write_metrics(out, rows)
     print(f"metrics written to {out}")
+
+
+def _evaluate_checkpoints(args):
+    """AP of every epoch checkpoint of a run (AP against training steps): a table, and
+    RUN/eval_<split>_checkpoints.json {step: {row: metrics}} (or --json)."""
+    from msad_tf.evaluation.evaluator import evaluate_model
+    from msad_tf.training import runs
+    from msad_tf.training.train import load_split
+
+    run = Path(args.run)
+    checkpoints = sorted((run / "checkpoints").glob("epoch_*.weights.h5"))
+    if not checkpoints:
+        raise ValueError(f"{run}/checkpoints holds no epoch_*.weights.h5 (the run saves one per epoch)")
+    config = runs.load_config(run / runs.CONFIG_FILE)
+    dataset = load_split(config, args.split)
+    runs.check_categories(run, dataset)
+    result = {}
+    for path in checkpoints:
+        step = int(path.name.split("_")[1].split(".")[0]) * config.train.steps_per_epoch
+        _, model, _, _ = runs.load_run(run, path)
+        rows = {}
+        for resolution in args.resolutions:
+            for label, branch in model_branches(model, resolution):
+                rows[label] = evaluate_model(model, dataset, config, resolution, branch=branch,
+                                             max_images=args.max_images, progress=False)
+        result[step] = rows
+        print(f"step {step:>7}: " + "  ".join(f"{label} {m['AP']:.2f}" for label, m in rows.items()), flush=True)
+    out = Path(args.json or run / f"eval_{args.split}_checkpoints.json")
+    out.write_text(json.dumps({str(k): v for k, v in result.items()}, indent=1))
+    print(f"AP of {len(result)} checkpoints written to {out}")
 
 
 def _evaluate_corruptions(args):
@@ -231,9 +263,18 @@ def cmd_benchmark(args):
     from msad_tf.evaluation.benchmark import benchmark_train, format_train_benchmark
 
     config = _resolve_config(args)
-    result = benchmark_train(config, modes=args.modes, steps=args.steps, speedups=args.speedups,
-                             rounds=args.rounds)
-    print(format_train_benchmark(result))
+    if args.processes:
+        from msad_tf.evaluation.benchmark import benchmark_processes, format_process_benchmark
+
+        result = {}
+        for mode in args.modes:
+            result[mode] = benchmark_processes(config, mode, steps=args.steps, rounds=args.rounds,
+                                               processes=tuple(args.processes))
+            print(format_process_benchmark(result[mode]), flush=True)
+    else:
+        result = benchmark_train(config, modes=args.modes, steps=args.steps, speedups=args.speedups,
+                                 rounds=args.rounds)
+        print(format_train_benchmark(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
@@ -254,7 +295,7 @@ def cmd_demo(args):
     from msad_tf.demo import run_demo
 
     run_demo(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
-             force=args.force)
+             force=args.force, jobs=args.jobs)
 
 
 def cmd_ablation(args):
@@ -271,6 +312,11 @@ def cmd_reproduce(args):
     run_reproduce(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
                   seeds=tuple(args.seeds), variants=not args.no_variants, plateau=not args.no_plateau,
                   curves=not args.no_curves, jobs=args.jobs)
+
+
+_JOBS_HELP = ("runs trained at once, each in its own process (default 2: on a 2-core CPU the small models' "
+              "step is bound by per-op overhead, so two processes train at close to twice the throughput "
+              "of one; use 1 on a single GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "RUN/eval_<split>_corruption_<NAME|all>.json and .csv")
     p.add_argument("--severity", nargs="+", type=int, choices=range(1, 6), metavar="1..5",
                    help="corruption severities (default 1 2 3 4 5)")
+    p.add_argument("--checkpoints", action="store_true",
+                   help="evaluate every epoch checkpoint (AP against training steps; "
+                        "writes RUN/eval_<split>_checkpoints.json)")
     p.add_argument("--json", help="where to write the metrics (default RUN/eval_<split>.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -372,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     speedups = ("fused_bn", "batch_heads", "precision", "jit_compile")
     b.add_argument("--speedups", nargs="*", default=list(speedups), choices=list(speedups),
                    help="speed-ups to switch one at a time (besides 'default' and 'before')")
+    b.add_argument("--processes", nargs="+", type=int,
+                   help="instead: throughput of P runs at once in separate processes, e.g. --processes 1 2 "
+                        "(what --jobs of the demo and of msad reproduce uses), ratios against the first P")
     b.add_argument("--json")
     b.set_defaults(func=cmd_benchmark)
     b = bench.add_parser("data", help="training-pipeline images/s per num_parallel_calls, folder and TFRecords")
@@ -394,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data", default="data/msad_synth128")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
+    p.add_argument("--jobs", type=int, default=2, help=_JOBS_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("ablation", help="ablation suites (paper Tables 1-3) at demo scale")
@@ -422,9 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-variants", action="store_true", help="skip the seed-0 variant rows (Tables 2, 2c, 3a)")
     p.add_argument("--no-plateau", action="store_true", help="skip the 2x-budget plateau runs")
     p.add_argument("--no-curves", action="store_true", help="skip AP of the epoch checkpoints")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs trained at once, each in its own process (2 on a 2-core CPU: the step is "
-                        "overhead-bound, so two processes give close to twice the throughput)")
+    p.add_argument("--jobs", type=int, default=2, help=_JOBS_HELP)
     p.set_defaults(func=cmd_reproduce)
     return parser
 

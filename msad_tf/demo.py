@@ -84,13 +84,46 @@ def _values(values) -> str:
     return " / ".join(str(v) for v in sorted(values))
 
 
+def _train_run(config_path, overrides, run_dir) -> None:
+    from msad_tf.training.train import train
+
+    train(load_config(config_path, overrides), run_dir, progress=False)
+
+
+def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, jobs: int) -> dict:
+    """Trains the runs of ``runs_to_do`` that need it, ``jobs`` at a time (``training.parallel``),
+    each student once its teacher's weights exist. Returns {name: seconds}."""
+    from msad_tf.training import runs
+    from msad_tf.training.parallel import Task, run_in_processes
+
+    tasks = []
+    for name, label, run_overrides, _ in runs_to_do:
+        run_dir = out / name
+        if not force and (run_dir / runs.WEIGHTS_FILE).is_file():
+            continue
+        overrides = base + [o.format(out=out) for o in run_overrides]
+        teacher = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("train.teacher_run=")), None)
+        ready = (lambda path: lambda: path is None or (path / runs.WEIGHTS_FILE).is_file())(teacher)
+        tasks.append(Task(name, _train_run, (str(config_path), overrides, run_dir), log=out / f"{name}.log",
+                          needs=teacher.name if teacher else None, ready=ready))
+        if force and run_dir.exists():
+            (run_dir / runs.WEIGHTS_FILE).unlink(missing_ok=True)
+    started = time.time()
+    codes = run_in_processes(tasks, jobs)
+    failed = [key for key, code in codes.items() if code != 0]
+    if failed:
+        raise RuntimeError(f"training failed for {failed}: see {', '.join(str(out / f'{k}.log') for k in failed)}")
+    return {task.key: time.time() - started for task in tasks}
+
+
 def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth128",
              overrides=None, force=False, runs_to_do=DEMO_RUNS, results_name="results", title=None,
-             export_student: bool = True):
+             export_student: bool = True, jobs: int = 1):
     """Trains (or reuses) and evaluates ``runs_to_do``; prints and writes the AP table to
     OUT/<results_name>.{json,md}. ``export_student``: when a run named ``student`` is among
-    them, end with its export and inference benchmark (``export_and_benchmark``). Returns
-    {row: metrics}."""
+    them, end with its export and inference benchmark (``export_and_benchmark``). ``jobs``:
+    runs trained at once, each in its own process with its log in OUT/<run>.log
+    (``msad_tf.training.parallel``). Returns {row: metrics}."""
     from msad_tf.data.synthetic import make_synthetic_dataset
     from msad_tf.reproduce import DATASET
     from msad_tf.training import runs
@@ -108,6 +141,10 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
     timings = {}
     steps, low_sides = set(), set()
     val = None
+    if jobs > 1:
+        print(f"== training {len(runs_to_do)} runs, {jobs} at a time (logs in {out}/<run>.log)", flush=True)
+        timings = _train_in_processes(config_path, base, runs_to_do, out, force, jobs)
+        force = False
     for name, label, run_overrides, resolutions in runs_to_do:
         config = load_config(config_path, base + [o.format(out=out) for o in run_overrides])
         run_dir = out / name

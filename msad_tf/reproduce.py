@@ -36,6 +36,8 @@ SEEDS = (0, 1, 2)
 #: Registry entries kept for reference that the reproduction does not train: the literal paper
 #: formulas of SKD, which swamp detection (its authors' code is ``skd``).
 PAPER_LITERAL = ("skd_paper",)
+#: Losses that are candidate fixes of the KD term (their own rows, aligned only), not Table 3a rows.
+KD_CANDIDATES = ("msad_l1_norm", "msad_l1_fg")
 #: How ``msad reproduce`` generates its dataset when missing (configs/reproduce.yaml).
 DATASET = {"image_size": 128, "object_scale": 0.75}
 
@@ -102,7 +104,20 @@ def _variants():
         Run("student_teacher_bn_train", "student, teacher BatchNorm in training mode",
             _student("teacher", "train.teacher_bn_training=true"), _L, seeds=(0,), table="controls"),
     ]
-    for loss in [name for name in DISTILLATION_LOSSES if name not in PAPER_LITERAL]:
+    runs += [
+        Run(f"student_{loss}", f"student {loss} (KD candidate)", _student("teacher", f"train.distill_loss={loss}"),
+            _L, seeds=(0,), table="kd")
+        for loss in KD_CANDIDATES
+    ]
+    runs += [
+        Run("student_from_teacher_2x", "student from the 2x-trained teacher (stronger teacher)",
+            _student("teacher_2x"), _L, seeds=(0,), table="kd"),
+        *(Run(f"student_gamma{g}", f"student, gamma {g}", _student("teacher", f"train.gamma={g}"), _L, seeds=(0,),
+              table="kd") for g in ("0.1", "0.4")),
+        *(Run(f"student_tau{t}", f"student, tau {t}", _student("teacher", f"train.tau={t}"), _L, seeds=(0,),
+              table="kd") for t in ("1.0", "6.0")),
+    ]
+    for loss in [name for name in DISTILLATION_LOSSES if name not in PAPER_LITERAL + KD_CANDIDATES]:
         for aligned in (True, False):
             if (loss, aligned) == ("msad_l1", True):
                 continue
@@ -114,15 +129,20 @@ def _variants():
 
 
 def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True) -> list[tuple[Run, int]]:
-    """(run, seed) in training order: the core of the first seed, the plateau checks (so that
-    whether the budget is a plateau is known early), the core of the other seeds, the variants."""
+    """(run, seed) in training order: the core of the first seed, the cheapest plateau check
+    (single-scale at twice the budget, so that whether the budget is a plateau is known early),
+    the core of the other seeds (so that every claim is judged against its seed spread), the
+    other plateau checks, the variants."""
     order = [(run, seeds[0]) for run in CORE if seeds[0] in run.seeds]
-    if plateau:
-        order += [(run, seed) for run in PLATEAU for seed in run.seeds if seed in seeds]
+    plateau_runs = [(run, seed) for run in PLATEAU for seed in run.seeds if seed in seeds] if plateau else []
+    order += plateau_runs[:1]
     order += [(run, seed) for seed in seeds[1:] for run in CORE if seed in run.seeds]
+    order += plateau_runs[1:]
     if variants:
         order += [(run, seed) for run in _variants() for seed in run.seeds if seed in seeds]
-    return order
+    names = {f"{run.name}_s{seed}" for run, seed in order}
+    return [(run, seed) for run, seed in order
+            if _teacher_of(run.overrides) is None or _teacher_of(run.overrides).format(seed=seed) in names]
 
 
 def _format(overrides, out, seed, epochs, decay):
@@ -259,7 +279,7 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     plan = _Plan(config_path, out, data_root, list(overrides or []), tuple(seeds), variants, plateau, curves, keep)
     start = time.time()
     if jobs > 1:
-        _run_parallel(plan, jobs, progress, start)
+        _run_parallel(plan, jobs, progress)
     result = plan.collect(base_config, train=True, progress=progress, start=start)
     if progress:
         print(format_report(result))
@@ -420,18 +440,11 @@ class _Plan:
 DIVERGED_FILE = "diverged.txt"
 
 
-def _worker(args, key) -> None:
-    """One run in its own process (``jobs`` > 1); output to OUT/<key>.log."""
-    import os
+def _produce(args, key) -> None:
+    """``_Plan(*args).produce(key)`` in a process of its own (``jobs`` > 1); a diverged run
+    leaves its DIVERGED_FILE and exits 3."""
     import sys
 
-    log = open(Path(args[1]) / f"{key}.log", "a")  # noqa: SIM115 - open for the process's life
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    sys.stdout = sys.stderr = log
-    from msad_tf.cli import load_tensorflow_quietly
-
-    load_tensorflow_quietly()
     from msad_tf.training.callbacks import NonFiniteLossError
 
     try:
@@ -440,51 +453,24 @@ def _worker(args, key) -> None:
         sys.exit(3)
 
 
-def _run_parallel(plan: _Plan, jobs: int, progress: bool, start: float) -> None:
-    """Runs the missing runs ``jobs`` at a time, each after its teacher's weights exist."""
-    import multiprocessing
+def _run_parallel(plan: _Plan, jobs: int, progress: bool) -> None:
+    """Runs the missing runs ``jobs`` at a time, each student once its teacher's weights exist
+    (a teacher kept without weights is retrained first)."""
+    from msad_tf.training.parallel import Task, run_in_processes
 
-    context = multiprocessing.get_context("spawn")
     keys = [f"{r.name}_s{s}" for r, s in plan.order]
     pending = [k for k in keys if plan.cached(k) is None and not plan.diverged(k)]
     for key in list(pending):
         teacher = plan.teacher(key)
         if teacher and teacher not in pending and not plan.has_weights(teacher):
             pending.insert(pending.index(key), teacher)
-    running: dict[str, object] = {}
-    failed: set[str] = set()
-    while pending or running:
-        for key, proc in list(running.items()):
-            if not proc.is_alive():
-                proc.join()
-                del running[key]
-                plan.seconds[key] = time.time() - proc.started
-                if proc.exitcode != 0:
-                    failed.add(key)
-                if progress:
-                    state = "done" if proc.exitcode == 0 else f"FAILED (exit {proc.exitcode}, see {plan.out / key}.log)"
-                    print(f"== {key} {state} after {time.time() - start:.0f} s", flush=True)
-        for key in list(pending):
-            if len(running) >= jobs:
-                break
-            teacher = plan.teacher(key)
-            if teacher in failed:
-                pending.remove(key)
-                failed.add(key)
-                continue
-            if teacher and not plan.has_weights(teacher):
-                if teacher in running or teacher in pending:
-                    continue
-            pending.remove(key)
-            proc = context.Process(target=_worker, args=(plan.args, key), name=key)
-            proc.start()
-            proc.started = time.time()
-            running[key] = proc
-            if progress:
-                run, seed = plan.by_name[key]
-                print(f"== [{keys.index(key) + 1}/{len(keys)}] training {run.label}, seed {seed} "
-                      f"(log {plan.out / key}.log) after {time.time() - start:.0f} s", flush=True)
-        time.sleep(2)
+
+    def ready(teacher):
+        return lambda: teacher is None or plan.has_weights(teacher)
+
+    tasks = [Task(key, _produce, (plan.args, key), log=plan.out / f"{key}.log", needs=plan.teacher(key),
+                  ready=ready(plan.teacher(key))) for key in pending]
+    run_in_processes(tasks, jobs, progress)
 
 
 def _cached_rows(run_dir: Path, evals, low_input) -> dict | None:
@@ -529,6 +515,7 @@ def summarize(rows, labels, seeds, curves, config, seconds) -> dict:
 _TABLES = (("1", "Table 1: multi-scale training"), ("2", "Table 2a/2b: fusion teachers (fused vs own branches)"),
            ("2c", "Table 2c: teacher choices"), ("3a", "Table 3a: distillation losses"),
            ("4", "Table 4: the student"), ("controls", "Controls the paper never reports"),
+           ("kd", "KD candidates: what could make KD beat the no-KD control (seed 0)"),
            ("plateau", "Plateau check: twice the budget (seed 0)"))
 _COLUMNS = (("high/-", "@H"), ("low/-", "@L"), ("high/fused", "fused @H"), ("high/high", "H branch @H"),
             ("low/low", "L branch @L"))

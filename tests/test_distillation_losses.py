@@ -69,7 +69,8 @@ def test_unknown_name_and_option_list_valid_ones():
         assert name in str(err.value)
     with pytest.raises(ValueError, match="tau"):
         build_distillation_loss("msad_l1", channels=C, num_levels=2, temperature=2.0)
-    assert set(DISTILLATION_LOSSES) == {"msad_l1", "mse", "output_kd", "fgfi", "podnet", "skd", "skd_paper"}
+    assert set(DISTILLATION_LOSSES) == {"msad_l1", "msad_l1_norm", "msad_l1_fg", "mse", "output_kd", "fgfi",
+                                        "podnet", "skd", "skd_paper"}
 
 
 def test_msad_l1_hand_value():
@@ -81,6 +82,37 @@ def test_msad_l1_hand_value():
     expected = 2.5 * sum(np.abs(a - b).mean() for a, b in zip(t, s))
     tau = build_distillation_loss("msad_l1", channels=C, num_levels=2, tau=2.5)
     np.testing.assert_allclose(float(tau(_tf(t), _tf(s))), expected, rtol=RTOL)
+
+
+def test_msad_l1_norm_hand_value():
+    """L1 of per-cell channel-standardised maps: invariant to the teacher's scale and offset."""
+    shapes = [(2, 2, 2, 3), (2, 1, 1, 3)]
+    t, s = _maps(0, shapes), _maps(1, shapes)
+
+    def z(x):
+        return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+
+    expected = 2.0 * sum(np.abs(z(a) - z(b)).mean() for a, b in zip(t, s))
+    loss = build_distillation_loss("msad_l1_norm", channels=3, num_levels=2, tau=2.0)
+    np.testing.assert_allclose(float(loss(_tf(t), _tf(s))), expected, rtol=1e-4)
+    scaled = [10.0 * a + 3.0 for a in t]
+    np.testing.assert_allclose(float(loss(_tf(scaled), _tf(s))), expected, rtol=1e-3)
+
+
+def test_msad_l1_fg_hand_value():
+    """Foreground and background cells get half of each level's term; a level without
+    foreground cells keeps its background mean."""
+    t, s = _maps(0), _maps(1)
+    boxes = tf.constant([[[0.0, 0, 4, 4]], [[0.0, 0, 0, 0]]])
+    classes = tf.constant([[0], [-1]])
+    loss = build_distillation_loss("msad_l1_fg", channels=C, num_levels=2, tau=1.0)
+    value = float(loss(_tf(t), _tf(s), boxes=boxes, classes=classes, strides=[8, 16]))
+    diff0 = np.abs(t[0] - s[0]).sum(-1)  # [2, 2, 2]; only cell (0, 0, 0) (centre 4, 4) is inside
+    fg = diff0[0, 0, 0] / C
+    bg = (diff0.sum() - diff0[0, 0, 0]) / (7 * C)
+    diff1 = np.abs(t[1] - s[1]).sum(-1)  # centre (8, 8) of the stride-16 cell is outside [0, 4]
+    expected = 0.5 * fg + 0.5 * bg + diff1.sum() / (2 * C)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
 
 
 def test_mse_hand_value():
@@ -299,6 +331,8 @@ def test_skd_paper_weights_and_identity_start():
 
 OPTIONS = {
     "msad_l1": dict(tau=2.0),
+    "msad_l1_norm": dict(tau=1.5),
+    "msad_l1_fg": dict(tau=0.5),
     "mse": dict(weight=0.3),
     "output_kd": dict(temperature=2.0, weight=0.5),
     "fgfi": dict(weight=2.0, box_expand=1.2, shared_adapter=True),

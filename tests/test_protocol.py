@@ -262,3 +262,39 @@ def test_benchmark_train_ratios_come_from_one_run(tiny_data):
     text = format_train_benchmark(result)
     assert "before" in text and "single" in text
     assert set(SPEEDUPS) == {"fused_bn", "batch_heads", "precision", "jit_compile"}
+
+
+@pytest.mark.slow
+def test_benchmark_processes_times_concurrent_runs(tiny_data):
+    """P processes time their steps at the same moment; images/s counts all of them and the
+    ratio is against the first P of the same run."""
+    from msad_tf.evaluation.benchmark import benchmark_processes, format_process_benchmark
+    from conftest import tiny_train_config
+
+    config = tiny_train_config(tiny_data)
+    result = benchmark_processes(config, "single", steps=2, rounds=1, processes=(1, 2), progress=False)
+    one, two = result["processes"][1], result["processes"][2]
+    assert one["speedup"] == 1.0
+    assert two["images_per_second"] == pytest.approx(2 * config.train.batch_size / two["step_seconds"])
+    assert two["speedup"] == pytest.approx(two["images_per_second"] / one["images_per_second"])
+    assert "x 1 process" in format_process_benchmark(result)
+
+
+@pytest.mark.slow
+def test_evaluate_checkpoints_gives_ap_against_steps(tiny_data, tmp_path):
+    """msad evaluate --checkpoints: one entry per epoch checkpoint at epoch x steps_per_epoch;
+    the last one is the final weights' evaluation."""
+    import json
+
+    from conftest import tiny_train_config
+    from msad_tf.cli import main
+    from msad_tf.training.train import train
+
+    run = tmp_path / "run"
+    train(tiny_train_config(tiny_data), run, progress=False)
+    main(["evaluate", "--run", str(run), "--checkpoints", "--resolutions", "high", "--quiet"])
+    main(["evaluate", "--run", str(run), "--resolutions", "high", "--quiet"])
+    curve = json.loads((run / "eval_val_checkpoints.json").read_text())
+    final = json.loads((run / "eval_val.json").read_text())
+    assert list(curve) == ["3", "6"]
+    assert curve["6"]["high"]["AP"] == pytest.approx(final["high"]["AP"])

@@ -66,6 +66,7 @@ def test_run_order_puts_the_seeded_core_first():
                                              "vanilla_equal")]
     assert names.index("vanilla_equal_s0") < names.index("single_2x_s0") < names.index("single_s1")
     assert names.index("student_s2") < names.index("teacher_sigmoid_s0")
+    assert names.index("vanilla_equal_s2") < names.index("teacher_2x_s0")
     assert len(names) == len(set(names))
     teacher_of = {n: i for i, n in enumerate(names)}
     for run, seed in order:

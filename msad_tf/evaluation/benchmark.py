@@ -348,3 +348,75 @@ def format_data_benchmark(result: dict) -> str:
             + f" {row['cores_used']:11.2f}"
         )
     return "\n".join(lines)
+
+
+def _time_steps_in_process(config_dict, mode, steps, rounds, barrier_dir, index, count) -> None:
+    """One process of ``benchmark_processes``: builds ``mode``, warms it up, waits until all
+    ``count`` processes are ready, then times ``rounds`` x ``steps`` steps and writes
+    BARRIER_DIR/result_<index>.json (start, end, per-round step seconds)."""
+    import json
+    from pathlib import Path
+
+    from msad_tf.config import config_from_dict
+    from msad_tf.training.train import load_split, make_train_dataset
+
+    config = config_from_dict(config_dict)
+    train_data = load_split(config, config.data.train_split)
+    batch = next(iter(make_train_dataset(config, train_data, config.train.batch_size)))
+    from msad_tf.training.runs import build_model
+
+    model = _build_for_step(config, mode, train_data.num_classes, build_model)
+    step = _step_function(model, batch)
+    time_calls(step, 3, 0)
+    barrier = Path(barrier_dir)
+    (barrier / f"ready_{index}").touch()
+    while len(list(barrier.glob("ready_*"))) < count:
+        time.sleep(0.01)
+    start = time.time()
+    per_round = [float(np.mean(time_calls(step, 0, steps))) for _ in range(rounds)]
+    (barrier / f"result_{index}.json").write_text(json.dumps({"start": start, "end": time.time(),
+                                                               "step_seconds": per_round}))
+
+
+def benchmark_processes(config, mode="single", steps: int = 20, rounds: int = 3, processes=(1, 2),
+                        progress=True) -> dict:
+    """Training throughput with P runs at once, each in its own process (``--jobs`` of the
+    demo and of ``msad reproduce``): for each P, P processes time ``rounds`` x ``steps`` train
+    steps of ``mode`` at the same moment. Returns dict(mode, batch_size, processes={P: {
+    step_seconds (median over processes and rounds), images_per_second (all processes
+    together), speedup (images/s over that of 1 process)}})."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from msad_tf.training.parallel import Task, run_in_processes
+
+    result = {"mode": mode, "batch_size": config.train.batch_size, "steps": steps, "rounds": rounds,
+              "processes": {}}
+    for count in processes:
+        with tempfile.TemporaryDirectory() as barrier:
+            tasks = [Task(f"bench_{i}", _time_steps_in_process,
+                          (config.to_dict(), mode, steps, rounds, barrier, i, count)) for i in range(count)]
+            codes = run_in_processes(tasks, jobs=count, progress=False, poll=0.2)
+            if any(codes.values()):
+                raise RuntimeError(f"a benchmark process failed: {codes}")
+            runs = [json.loads(Path(barrier, f"result_{i}.json").read_text()) for i in range(count)]
+        seconds = float(np.median([s for r in runs for s in r["step_seconds"]]))
+        result["processes"][count] = {"step_seconds": seconds,
+                                      "images_per_second": count * config.train.batch_size / seconds}
+        if progress:
+            print(f"  {count} process(es): {seconds * 1000:.1f} ms/step each", flush=True)
+    base = result["processes"][processes[0]]["images_per_second"]
+    for entry in result["processes"].values():
+        entry["speedup"] = entry["images_per_second"] / base
+    return result
+
+
+def format_process_benchmark(result: dict) -> str:
+    lines = [f"train step of {result['mode']}, batch {result['batch_size']}, runs at once in separate processes "
+             f"({result['rounds']} rounds of {result['steps']} steps, median)",
+             f"{'processes':>10} {'ms/step each':>13} {'images/s (all)':>15} {'x 1 process':>12}"]
+    for count, entry in result["processes"].items():
+        lines.append(f"{count:>10} {entry['step_seconds'] * 1000:13.1f} {entry['images_per_second']:15.1f} "
+                     f"{entry['speedup']:12.2f}")
+    return "\n".join(lines)

@@ -149,7 +149,7 @@ def build_distiller(config: Config, train_data, steps_per_epoch: int = 1):
         num_levels=teacher.pyramid.num_levels,
         num_classes=train_data.num_classes,
         aligned=t.aligned or t.student_input == "high",
-        **({"tau": t.tau} if t.distill_loss == "msad_l1" else {}),
+        **({"tau": t.tau} if t.distill_loss.startswith("msad_l1") else {}),
     )
     return Distiller(
         teacher, student, loss, gamma=t.gamma, kd_warmup_steps=config.kd_warmup_steps(steps_per_epoch),

@@ -1,0 +1,95 @@
+"""Several training runs at once, each in its own process.
+
+A train step of the small models of the demo and of ``msad reproduce`` is bound by per-op
+overhead, not arithmetic: one process leaves most of two CPU cores idle, and two processes
+train at close to twice the throughput of one (docs/RESULTS.md, ``--jobs``). Each process is
+started with the ``spawn`` method (a fresh TensorFlow runtime), writes its output to its own
+log file, and a task waits until the task it needs (e.g. a student's teacher) has produced
+what it reads.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class Task:
+    """One process: ``target(*args)``, output in ``log``.
+
+    ``ready``: a no-argument predicate checked before the start (e.g. "the teacher's weights
+    exist", which holds before the teacher's task has finished evaluating); ``needs``: key of
+    the task that makes it ready: when that task fails, this one is not started.
+    """
+
+    key: str
+    target: Callable
+    args: tuple = ()
+    log: Path | None = None
+    needs: str | None = None
+    ready: Callable[[], bool] = field(default=lambda: True)
+
+
+def _run(target, args, log) -> None:
+    if log is not None:
+        stream = open(log, "a", buffering=1)  # noqa: SIM115 - the process's own stdout/stderr
+        os.dup2(stream.fileno(), 1)
+        os.dup2(stream.fileno(), 2)
+        sys.stdout = sys.stderr = stream
+    from msad_tf.cli import load_tensorflow_quietly
+
+    load_tensorflow_quietly()
+    target(*args)
+
+
+def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: float = 1.0) -> dict[str, int]:
+    """Runs ``tasks`` at most ``jobs`` at a time, in order as far as ``needs``/``ready`` allow.
+
+    Returns {key: exit code} (0: success; a task whose ``needs`` failed is not started and
+    gets -1). Progress lines go to stdout.
+    """
+    context = multiprocessing.get_context("spawn")
+    keys = [task.key for task in tasks]
+    pending = list(tasks)
+    running: dict[str, tuple] = {}
+    codes: dict[str, int] = {}
+    start = time.time()
+    while pending or running:
+        for key, (proc, began) in list(running.items()):
+            if proc.is_alive():
+                continue
+            proc.join()
+            del running[key]
+            codes[key] = proc.exitcode
+            if progress:
+                state = "done" if proc.exitcode == 0 else f"FAILED (exit {proc.exitcode})"
+                print(f"== {key} {state} in {time.time() - began:.0f} s ({time.time() - start:.0f} s in all)",
+                      flush=True)
+        for task in list(pending):
+            if len(running) >= jobs:
+                break
+            if task.needs is not None and codes.get(task.needs, 0) != 0:
+                pending.remove(task)
+                codes[task.key] = -1
+                if progress:
+                    print(f"== {task.key} skipped: {task.needs} failed", flush=True)
+                continue
+            if not task.ready():
+                continue
+            pending.remove(task)
+            proc = context.Process(target=_run, args=(task.target, task.args, task.log), name=task.key)
+            proc.start()
+            running[task.key] = (proc, time.time())
+            if progress:
+                where = f", log {task.log}" if task.log else ""
+                print(f"== [{keys.index(task.key) + 1}/{len(keys)}] started {task.key}{where} "
+                      f"after {time.time() - start:.0f} s", flush=True)
+        if pending and not running and all(not t.ready() for t in pending):
+            raise RuntimeError(f"tasks {[t.key for t in pending]} can never start: what they need is missing")
+        time.sleep(poll)
+    return codes

@@ -1,0 +1,48 @@
+"""training.parallel: tasks in processes, each once what it needs exists; failures propagate."""
+import time
+from pathlib import Path
+
+import pytest
+
+from msad_tf.training.parallel import Task, run_in_processes
+
+
+def write_after(path, seconds):
+    time.sleep(seconds)
+    Path(path).write_text(f"{time.time()}")
+    print("wrote", path)
+
+
+def fail():
+    raise SystemExit(5)
+
+
+def test_a_task_starts_once_what_it_needs_exists_and_logs_go_to_files(tmp_path):
+    teacher, student, other = tmp_path / "teacher", tmp_path / "student", tmp_path / "other"
+    tasks = [
+        Task("student", write_after, (student, 0.0), log=tmp_path / "student.log", needs="teacher",
+             ready=teacher.is_file),
+        Task("teacher", write_after, (teacher, 1.0), log=tmp_path / "teacher.log"),
+        Task("other", write_after, (other, 0.0), log=tmp_path / "other.log"),
+    ]
+    codes = run_in_processes(tasks, jobs=2, progress=False, poll=0.1)
+    assert codes == {"teacher": 0, "student": 0, "other": 0}
+    assert float(student.read_text()) >= float(teacher.read_text())
+    assert "wrote" in (tmp_path / "student.log").read_text()
+
+
+def test_a_failed_need_skips_its_dependents(tmp_path):
+    tasks = [
+        Task("teacher", fail, log=tmp_path / "teacher.log"),
+        Task("student", write_after, (tmp_path / "student", 0.0), needs="teacher",
+             ready=(tmp_path / "never").is_file),
+    ]
+    codes = run_in_processes(tasks, jobs=2, progress=False, poll=0.1)
+    assert codes == {"teacher": 5, "student": -1}
+    assert not (tmp_path / "student").exists()
+
+
+def test_a_task_that_can_never_start_is_an_error(tmp_path):
+    with pytest.raises(RuntimeError, match="never start"):
+        run_in_processes([Task("student", write_after, (tmp_path / "s", 0.0), ready=lambda: False)], jobs=2,
+                         progress=False, poll=0.1)
