@@ -273,7 +273,7 @@ def cmd_benchmark(args):
             print(format_process_benchmark(result[mode]), flush=True)
     else:
         result = benchmark_train(config, modes=args.modes, steps=args.steps, speedups=args.speedups,
-                                 rounds=args.rounds)
+                                 rounds=args.rounds, losses=args.losses)
         print(format_train_benchmark(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -311,7 +311,7 @@ def cmd_reproduce(args):
 
     run_reproduce(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
                   seeds=tuple(args.seeds), variants=not args.no_variants, plateau=not args.no_plateau,
-                  curves=not args.no_curves, jobs=args.jobs)
+                  curves=not args.no_curves, jobs=args.jobs, report_only=args.report_only)
 
 
 _JOBS_HELP = ("runs trained at once, each in its own process (default 2: on a 2-core CPU the small models' "
@@ -421,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     speedups = ("fused_bn", "batch_heads", "precision", "jit_compile")
     b.add_argument("--speedups", nargs="*", default=list(speedups), choices=list(speedups),
                    help="speed-ups to switch one at a time (besides 'default' and 'before')")
+    b.add_argument("--losses", nargs="+", default=[], metavar="LOSS",
+                   help="distillation losses timed as extra variants of the student mode, with their "
+                        "step time over the default loss's, e.g. --losses skd fgfi")
     b.add_argument("--processes", nargs="+", type=int,
                    help="instead: throughput of P runs at once in separate processes, e.g. --processes 1 2 "
                         "(what --jobs of the demo and of msad reproduce uses), ratios against the first P")
@@ -476,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plateau", action="store_true", help="skip the 2x-budget plateau runs")
     p.add_argument("--no-curves", action="store_true", help="skip AP of the epoch checkpoints")
     p.add_argument("--jobs", type=int, default=2, help=_JOBS_HELP)
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report of the runs finished so far")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

@@ -255,7 +255,7 @@ def _teacher_of(run_overrides) -> str | None:
 
 def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", data_root="data/msad_synth128",
                   overrides=None, seeds=SEEDS, variants=True, plateau=True, curves=True, progress=True,
-                  keep="docs/results/reproduce_runs", jobs: int = 1) -> dict:
+                  keep="docs/results/reproduce_runs", jobs: int = 1, report_only: bool = False) -> dict:
     """Train (or reuse) every run, evaluate, and write OUT/reproduce.{json,md} and the plots.
 
     ``keep``: a directory (kept in the repository) where each finished run's evaluations
@@ -265,7 +265,8 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     teacher first). None: OUT only.
     ``jobs``: runs trained at once, each in its own process (its log in OUT/<run>.log). A train
     step here is bound by per-op overhead, not arithmetic, so two processes on two cores give
-    close to twice the throughput of one (docs/RESULTS.md).
+    close to twice the throughput of one (docs/RESULTS.md). ``report_only``: train nothing, write
+    the report of the runs finished so far (e.g. while another reproduction is running).
     """
     from msad_tf.config import load_config
     from msad_tf.data.synthetic import make_synthetic_dataset
@@ -278,9 +279,9 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
         make_synthetic_dataset(data_root, **DATASET)
     plan = _Plan(config_path, out, data_root, list(overrides or []), tuple(seeds), variants, plateau, curves, keep)
     start = time.time()
-    if jobs > 1:
-        _run_parallel(plan, jobs, progress)
-    result = plan.collect(base_config, train=True, progress=progress, start=start)
+    if jobs > 1 and not report_only:
+        _run_parallel(plan, jobs, progress, lambda: plan.collect(base_config, train=False))
+    result = plan.collect(base_config, train=not report_only, progress=progress, start=start)
     if progress:
         print(format_report(result))
         print(f"\nfinished in {time.time() - start:.0f} s; results in {out}/reproduce.md")
@@ -453,9 +454,9 @@ def _produce(args, key) -> None:
         sys.exit(3)
 
 
-def _run_parallel(plan: _Plan, jobs: int, progress: bool) -> None:
+def _run_parallel(plan: _Plan, jobs: int, progress: bool, report=None) -> None:
     """Runs the missing runs ``jobs`` at a time, each student once its teacher's weights exist
-    (a teacher kept without weights is retrained first)."""
+    (a teacher kept without weights is retrained first); ``report()`` after each finished run."""
     from msad_tf.training.parallel import Task, run_in_processes
 
     keys = [f"{r.name}_s{s}" for r, s in plan.order]
@@ -470,7 +471,7 @@ def _run_parallel(plan: _Plan, jobs: int, progress: bool) -> None:
 
     tasks = [Task(key, _produce, (plan.args, key), log=plan.out / f"{key}.log", needs=plan.teacher(key),
                   ready=ready(plan.teacher(key))) for key in pending]
-    run_in_processes(tasks, jobs, progress)
+    run_in_processes(tasks, jobs, progress, on_done=(lambda key, code: report()) if report else None)
 
 
 def _cached_rows(run_dir: Path, evals, low_input) -> dict | None:

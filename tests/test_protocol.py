@@ -298,3 +298,16 @@ def test_evaluate_checkpoints_gives_ap_against_steps(tiny_data, tmp_path):
     final = json.loads((run / "eval_val.json").read_text())
     assert list(curve) == ["3", "6"]
     assert curve["6"]["high"]["AP"] == pytest.approx(final["high"]["AP"])
+
+
+@pytest.mark.slow
+def test_benchmark_train_times_distillation_losses_against_the_default(tiny_data):
+    from msad_tf.evaluation.benchmark import benchmark_train
+    from conftest import tiny_train_config
+
+    config = tiny_train_config(tiny_data)
+    students = benchmark_train(config, modes=("student",), steps=1, rounds=1, pipeline_batches=2, speedups=(),
+                               progress=False, losses=("skd",))["modes"]["student"]
+    assert set(students) == {"default", "before", "loss skd"}
+    assert students["loss skd"]["relative_to_default"] == pytest.approx(
+        students["loss skd"]["step_seconds"] / students["default"]["step_seconds"])

@@ -114,6 +114,12 @@ def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
                                     plateau=False, progress=False, keep=keep)
     assert json.dumps(third["claims"], sort_keys=True) == json.dumps(first["claims"], sort_keys=True)
     assert third["curves"] == first["curves"] and first["curves"]["student"]
+    report = reproduce.run_reproduce(path, tmp_path / "report", str(tiny_data), seeds=(0, 1), variants=False,
+                                     plateau=False, progress=False, keep=keep, report_only=True)
+    assert json.dumps(report["claims"], sort_keys=True) == json.dumps(first["claims"], sort_keys=True)
+    empty = reproduce.run_reproduce(path, tmp_path / "empty", str(tiny_data), seeds=(0, 1), variants=False,
+                                    plateau=False, progress=False, keep=None, report_only=True)
+    assert empty["table"] == {}
 
 
 @pytest.mark.slow

@@ -91,7 +91,8 @@ def _build_for_step(config, mode, num_classes, build_model):
 
 
 def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches: int = 20,
-                    build_model=None, progress=True, speedups=tuple(SPEEDUPS), rounds: int = 3) -> dict:
+                    build_model=None, progress=True, speedups=tuple(SPEEDUPS), rounds: int = 3,
+                    losses=()) -> dict:
     """Pipeline images/s and per-mode train-step images/s, with and without each speed-up.
 
     For every mode, the step is timed as configured (``default``), as it was before the
@@ -104,7 +105,8 @@ def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches
     Returns dict(batch_size, resolution, image_shape, pipeline={cache: images/s, ...},
     pipeline_images_per_second, modes={mode: {variant: {step_seconds, images_per_second,
     speedup (before / variant)}}}, and ratio_to_single / pipeline_over_single_step for the
-    defaults.
+    defaults. ``losses``: distillation losses timed as extra variants of the ``student`` mode
+    (``loss <name>``, with ``relative_to_default``: its step time over the default loss's).
     """
     from msad_tf.training.runs import build_model as default_build
 
@@ -113,12 +115,13 @@ def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches
     level = tf_logger.level
     tf_logger.setLevel(logging.ERROR)
     try:
-        return _benchmark_train(config, modes, steps, pipeline_batches, build_model, progress, speedups, rounds)
+        return _benchmark_train(config, modes, steps, pipeline_batches, build_model, progress, speedups, rounds,
+                                losses)
     finally:
         tf_logger.setLevel(level)
 
 
-def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progress, speedups, rounds):
+def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progress, speedups, rounds, losses=()):
     """``benchmark_train`` with TensorFlow's retracing warnings (one trace per variant) muted."""
     from msad_tf.training.train import load_split, make_train_dataset
 
@@ -146,25 +149,30 @@ def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progre
         variants[name] = _speedup_overrides(config, name)
     for mode in modes:
         steps_fns = {}
-        for name, overrides in variants.items():
+        mode_variants = dict(variants)
+        if mode == "student":
+            mode_variants.update({f"loss {loss}": [f"train.distill_loss={loss}"] for loss in losses})
+        for name, overrides in mode_variants.items():
             model = _build_for_step(_variant_config(config, overrides), mode, train_data.num_classes, build_model)
             steps_fns[name] = _step_function(model, batch)
             time_calls(steps_fns[name], 2, 0)
-        times = {name: [] for name in variants}
-        cpu = {name: [] for name in variants}
+        times = {name: [] for name in mode_variants}
+        cpu = {name: [] for name in mode_variants}
         for _ in range(rounds):
             for name, fn in steps_fns.items():
                 start = time.process_time()
                 times[name] += time_calls(fn, 0, steps)
                 cpu[name].append((time.process_time() - start) / steps)
         entry = {}
-        for name in variants:
+        for name in mode_variants:
             seconds = float(np.median(times[name]))
             entry[name] = {"step_seconds": seconds, "images_per_second": batch_size / seconds,
                            "cpu_seconds": float(np.median(cpu[name]))}
-        for name in variants:
+        for name in mode_variants:
             entry[name]["speedup"] = entry["before"]["step_seconds"] / entry[name]["step_seconds"]
             entry[name]["cpu_speedup"] = entry["before"]["cpu_seconds"] / entry[name]["cpu_seconds"]
+            if name.startswith("loss "):
+                entry[name]["relative_to_default"] = entry[name]["step_seconds"] / entry["default"]["step_seconds"]
         result["modes"][mode] = entry
         if progress:
             print(f"  {mode:<20} {entry['default']['step_seconds'] * 1000:8.1f} ms/step, "
@@ -220,6 +228,10 @@ def format_train_benchmark(result: dict) -> str:
             lines.append(f"{mode:<20} {labels.get(name, name):<22} {entry['step_seconds'] * 1000:9.1f} "
                          f"{entry['images_per_second']:9.1f} {entry['speedup']:9.2f} "
                          f"{entry['cpu_seconds'] * 1000:8.1f} {entry['cpu_speedup']:9.2f}")
+    for mode, entries in result["modes"].items():
+        for name, entry in entries.items():
+            if "relative_to_default" in entry:
+                lines.append(f"{mode} {name}: {entry['relative_to_default']:.2f}x the step time of the default loss")
     if "pipeline_over_single_step" in result:
         ratios = ", ".join(f"{mode} {entries['default']['ratio_to_single']:.2f}"
                            for mode, entries in result["modes"].items())

@@ -47,11 +47,13 @@ def _run(target, args, log) -> None:
     target(*args)
 
 
-def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: float = 1.0) -> dict[str, int]:
+def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: float = 1.0,
+                     on_done=None) -> dict[str, int]:
     """Runs ``tasks`` at most ``jobs`` at a time, in order as far as ``needs``/``ready`` allow.
 
-    Returns {key: exit code} (0: success; a task whose ``needs`` failed is not started and
-    gets -1). Progress lines go to stdout.
+    ``on_done(key, exit code)`` is called in this process after each task ends. Returns
+    {key: exit code} (0: success; a task whose ``needs`` failed is not started and gets -1).
+    Progress lines go to stdout.
     """
     context = multiprocessing.get_context("spawn")
     keys = [task.key for task in tasks]
@@ -70,6 +72,8 @@ def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: 
                 state = "done" if proc.exitcode == 0 else f"FAILED (exit {proc.exitcode})"
                 print(f"== {key} {state} in {time.time() - began:.0f} s ({time.time() - start:.0f} s in all)",
                       flush=True)
+            if on_done is not None:
+                on_done(key, proc.exitcode)
         for task in list(pending):
             if len(running) >= jobs:
                 break
