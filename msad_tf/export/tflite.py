@@ -215,7 +215,7 @@ class TFLiteDetectionModule(tf.Module):
     """Batch-1, fixed-size detection graph for the TFLite converter.
 
     Args:
-      model: FCOSDetector (or MultiScaleTeacher).
+      model: a Detector (or fusion teacher).
       spec: ExportSpec; ``spec.shift`` chooses the levels read.
       category_ids: dataset category id of each contiguous class.
       input_size: (H, W) of the input canvas, multiples of ``spec.input_multiple``; default the

@@ -21,7 +21,8 @@ Training modes (``train_mode``):
   aligned              shared weights on the high-res batch (levels P3..P7) and on its stride-k
                        subsample through the shifted levels P(3-m)'..P(7-m)'; both branches use
                        the SAME targets, assigned once in the high-res frame.
-The multi-scale fusion teacher (``MultiScaleTeacher``) extends ``aligned`` with C-FF.
+The multi-scale fusion teacher (``MultiScaleTeacherMixin``) extends ``aligned`` with C-FF for
+any detector.
 """
 from __future__ import annotations
 
