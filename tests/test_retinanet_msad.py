@@ -103,7 +103,7 @@ def test_teacher_losses_stages_branches_and_config():
     teacher.set_stage("joint")
     for branch, images in (("fused", batch["images"]), ("high", batch["images"]),
                            ("low", batch["images"][:, ::2, ::2])):
-        out = teacher.detect_function(branch=branch)(images, tf.constant([[128, 128]] * 2))
+        out = teacher.detect(images, tf.constant([[128, 128]] * 2), branch=branch)
         assert out["boxes"].shape == (2, 100, 4) and out["classes"].dtype == tf.int32
 
     clone = RetinaNetTeacher.from_config(json.loads(json.dumps(teacher.get_config())))
@@ -293,7 +293,6 @@ def test_saved_model_and_tflite_match_keras(tmp_path):
 
     raw_path = export_run_tflite(run, tmp_path / "saved_models", "retina", raw=True)
     module = TFLiteDetectionModule(model, spec, ids)
-    canvas = np.asarray(canvas.numpy() if hasattr(canvas, "numpy") else canvas)
     normalized, _ = module.normalized_input(tf.constant(canvas), tf.constant(size))
     network, _ = network_input(normalized, tf.constant(size)[None], 2)
     keras_raw = flatten_head_outputs(model.head_outputs(model.pyramid_features(network, 1)))
