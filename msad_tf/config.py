@@ -17,6 +17,7 @@ import yaml
 
 
 FPN_INITS = ("c2_xavier", "he_uniform")
+ARCHS = ("fcos", "retinanet")
 #: The authors' LR warm-up and KD ramp: 500 of 90k iterations.
 AUTHORS_WARMUP = 500 / 90000
 
@@ -38,12 +39,18 @@ class ModelConfig:
     them): ``fused_bn`` trains BatchNorm with TensorFlow's fused kernel; ``batch_heads`` runs
     the head once over the batch concatenation of branches whose levels have equal sizes
     (aligned high/low, teacher high/low/fused): GroupNorm is per image, so this is exact.
+    ``arch`` is the detector on the shared ResNet-FPN: ``fcos`` (``size_ranges``,
+    ``center_radius``; GIoU box loss) or ``retinanet`` (anchors of ``anchor_size`` x stride at
+    ``anchor_scales`` and ``anchor_aspect_ratios``; IoU matching at ``positive_iou`` /
+    ``negative_iou``; ``box_loss`` smooth_l1 (``smooth_l1_beta``) or giou; ``head_norm`` gn or
+    none). ``nms_iou`` null takes the detector's own (FCOS 0.6, RetinaNet 0.5).
     ``input_norm`` normalises the input pixels everywhere (training, evaluation, exports):
     ``imagenet_std`` ((RGB - mean) / std), ``caffe`` (BGR minus the ImageNet mean, what
     keras.applications ImageNet weights expect) or ``auto`` (caffe when ``backbone_weights``
     is set, imagenet_std otherwise).
     """
 
+    arch: str = "fcos"
     backbone: str = "resnet50"
     width: float = 1.0
     backbone_weights: str | None = None
@@ -64,7 +71,7 @@ class ModelConfig:
     prior_prob: float = 0.01
     score_threshold: float = 0.05
     pre_nms_topk: int = 1000
-    nms_iou: float = 0.6
+    nms_iou: float | None = None
     max_detections: int = 100
     fusion: str = "cff"
     fusion_reduction: int = 16
@@ -72,6 +79,14 @@ class ModelConfig:
     fused_bn: bool = True
     batch_heads: bool = True
     input_norm: str = "auto"
+    anchor_size: float = 4.0
+    anchor_scales: list[float] = field(default_factory=lambda: [1.0, 2.0 ** (1 / 3), 2.0 ** (2 / 3)])
+    anchor_aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    positive_iou: float = 0.5
+    negative_iou: float = 0.4
+    box_loss: str = "smooth_l1"
+    smooth_l1_beta: float = 0.1
+    head_norm: str = "gn"
 
 
 @dataclass
@@ -330,10 +345,28 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.head_levels {levels} must be contiguous")
     if max(levels) > 7:
         raise ConfigError(f"model.head_levels {levels}: the FPN stops at P7")
-    if len(m.size_ranges) != len(levels):
+    if m.arch == "fcos" and len(m.size_ranges) != len(levels):
         raise ConfigError(
             f"model.size_ranges has {len(m.size_ranges)} ranges for {len(levels)} head levels"
         )
+    if m.arch not in ARCHS:
+        raise ConfigError(f"model.arch '{m.arch}': choose {' or '.join(ARCHS)}")
+    if m.arch == "retinanet":
+        if m.box_loss not in ("smooth_l1", "giou"):
+            raise ConfigError(f"model.box_loss '{m.box_loss}': choose smooth_l1 or giou")
+        if m.head_norm not in ("gn", "none"):
+            raise ConfigError(f"model.head_norm '{m.head_norm}': choose gn or none")
+        if not 0.0 < m.negative_iou <= m.positive_iou <= 1.0:
+            raise ConfigError(
+                f"model.negative_iou {m.negative_iou} and positive_iou {m.positive_iou} need "
+                "0 < negative_iou <= positive_iou <= 1"
+            )
+        if not m.anchor_scales or not m.anchor_aspect_ratios or min(
+            list(m.anchor_scales) + list(m.anchor_aspect_ratios) + [m.anchor_size]
+        ) <= 0:
+            raise ConfigError("model.anchor_size, anchor_scales and anchor_aspect_ratios must be positive and non-empty")
+    if m.nms_iou is not None and not 0.0 < m.nms_iou <= 1.0:
+        raise ConfigError(f"model.nms_iou {m.nms_iou} must be in (0, 1] (null: the detector's own)")
     if m.backbone not in ("resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101"):
         raise ConfigError(f"model.backbone '{m.backbone}' unknown")
     if m.width not in (0.25, 0.5, 0.75, 1.0):

@@ -168,7 +168,7 @@ class DetectionModule(tf.Module):
     ``predict_coco`` does. Boxes come back normalised by the resized image's size.
 
     Args:
-      model: an FCOSDetector (or MultiScaleTeacher) with ``detect(images, image_sizes, shift)``.
+      model: a Detector (or fusion teacher) with ``detect(images, image_sizes, shift)``.
       spec: ExportSpec (resolution, resize target, shift, padding).
       category_ids: dataset category id of each contiguous class.
     """
@@ -268,7 +268,7 @@ def detections_to_od_api(detections, image_sizes, category_ids, subsample: int =
     """Library detections -> TF Object Detection API outputs.
 
     Args:
-      detections: dict from ``FCOSDetector.detect``: boxes [B, D, 4] in pixels of the network
+      detections: dict from ``Detector.detect``: boxes [B, D, 4] in pixels of the network
         input (the resized image subsampled by ``subsample``), scores [B, D], classes [B, D]
         int32 contiguous, num_detections [B] int32.
       image_sizes: int32 [B, 2] resized (h, w) the boxes are normalised by.

@@ -19,8 +19,9 @@ SavedModel with batch 1 (boxes normalised by ``image_size``).
 Quantization: ``none`` (float32), ``fp16`` (float16 weights), ``dynamic`` (int8 weights,
 dynamic-range activations), ``int8`` (int8 weights and activations calibrated on training
 images; the post-processing stays float). The ``raw`` variant stops after the head and returns
-cls_logits [1, N, C], box_reg [1, N, 4] and centerness [1, N] (levels concatenated, row-major
-per level), for parity checks of the network alone.
+its outputs with levels concatenated, row-major per level (FCOS: cls_logits [1, N, C],
+box_reg [1, N, 4], centerness [1, N]; RetinaNet: cls_logits [1, N, A * C], box_reg [1, N, A * 4]),
+for parity checks of the network alone. Decoding is the model's own ``image_candidates``.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from msad_tf.export.saved_model import (
 )
 from msad_tf.modeling.postprocess import image_candidates
 
+#: The raw outputs of an FCOS model (other detectors: their head's output keys).
 RAW_OUTPUT_KEYS = ("cls_logits", "box_reg", "centerness")
 FLOAT_SCOPE = "msad_float_postprocess"
 
@@ -119,15 +121,16 @@ def _group_norm(x, norms):
 
 
 def lite_head_outputs(head, features):
-    """``FCOSHead`` outputs (same weights, same math, equal to float rounding) in fewer and
-    cheaper TFLite ops, for batch-1 graphs.
+    """``FCOSHead`` (or ``RetinaNetHead``) outputs (same weights, same math, equal to float
+    rounding) in fewer and cheaper TFLite ops, for batch-1 graphs.
 
     The head is a fixed cost: the aligned low-res levels P(3-m)'..P(7-m)' have as many cells
     as P3..P7 at high resolution, so at L it is about half of the network FLOPs and, as Keras
     writes it, slower per FLOP than the backbone (35 convs and 20 GroupNorms of 5-D reshapes
     and reductions for 2-conv towers). Here: the first convs of the two towers, which read the
     same input, run as one conv (and their GroupNorms as one); box_pred and centerness, which
-    read the same tower, as one conv; GroupNorm in 4-D ops (``_group_norm``). Falls back to
+    read the same tower, as one conv; GroupNorm in 4-D ops (``_group_norm``). A head without
+    centerness (RetinaNet) ends in its cls_logits and box_pred convs. Falls back to
     ``head(features)`` for a head not made of conv/GroupNorm/ReLU blocks or for batch > 1.
     """
     cls_blocks, box_blocks = _tower_blocks(head.cls_tower), _tower_blocks(head.box_tower)
@@ -148,6 +151,11 @@ def lite_head_outputs(head, features):
         for (cls_conv, cls_norm), (box_conv, box_norm) in blocks:
             cls = tf.nn.relu(_group_norm(_conv_same(cls, [cls_conv]), [cls_norm]))
             box = tf.nn.relu(_group_norm(_conv_same(box, [box_conv]), [box_norm]))
+        if not hasattr(head, "centerness"):
+            outputs.append(
+                {"cls_logits": _conv_same(cls, [head.cls_logits]), "box_reg": _conv_same(box, [head.box_pred])}
+            )
+            continue
         box_and_centerness = _conv_same(box, [head.box_pred, head.centerness])
         outputs.append(
             {
@@ -159,7 +167,7 @@ def lite_head_outputs(head, features):
     return outputs
 
 
-def postprocess_single(level_outputs, strides, image_size, config):
+def postprocess_single(level_outputs, strides, image_size, config, candidates=None):
     """``msad_tf.modeling.postprocess.postprocess`` for one image, in a form TFLite runs right.
 
     Three differences, all for TFLite: no tf.map_fn (the converter's int8 calibration crashes
@@ -175,11 +183,16 @@ def postprocess_single(level_outputs, strides, image_size, config):
       strides: stride of each level.
       image_size: float32 [2] (h, w) of the valid image area.
       config: PostprocessConfig.
+      candidates: (level_outputs, strides, image_size) -> ``image_candidates`` result, the
+        model's ``image_candidates``; default FCOS's with ``config``.
     Returns:
       boxes [D, 4] pixels, scores [D], classes [D] int32 (zero past num_detections),
       num_detections int32 scalar.
     """
-    boxes, scores, classes, nms_boxes = image_candidates(level_outputs, strides, image_size, config)
+    if candidates is None:
+        boxes, scores, classes, nms_boxes = image_candidates(level_outputs, strides, image_size, config)
+    else:
+        boxes, scores, classes, nms_boxes = candidates(level_outputs, strides, image_size)
     selected, _, num = tf.raw_ops.NonMaxSuppressionV5(
         boxes=nms_boxes,
         scores=scores,
@@ -202,7 +215,7 @@ class TFLiteDetectionModule(tf.Module):
     """Batch-1, fixed-size detection graph for the TFLite converter.
 
     Args:
-      model: FCOSDetector (or MultiScaleTeacher).
+      model: a Detector (or fusion teacher).
       spec: ExportSpec; ``spec.shift`` chooses the levels read.
       category_ids: dataset category id of each contiguous class.
       input_size: (H, W) of the input canvas, multiples of ``spec.input_multiple``; default the
@@ -266,6 +279,7 @@ class TFLiteDetectionModule(tf.Module):
                 state.model.pyramid.strides(state.spec.shift),
                 tf.cast(network_size, tf.float32),
                 state.model.postprocess_config,
+                state.model.image_candidates,
             )
             boxes = boxes * float(state.spec.subsample)
             valid = tf.range(tf.shape(scores)[0]) < num
@@ -278,19 +292,21 @@ class TFLiteDetectionModule(tf.Module):
             }
 
     def _raw(self, images, image_size):
-        """-> cls_logits [1, N, C], box_reg [1, N, 4], centerness [1, N] (logits)."""
+        """-> the head's outputs, levels concatenated (``flatten_head_outputs``)."""
         outputs, _, _ = self._outputs(images, image_size)
         return flatten_head_outputs(outputs)
 
 
 def flatten_head_outputs(level_outputs):
-    """Per-level head outputs -> dict cls_logits [B, N, C], box_reg [B, N, 4], centerness
-    [B, N], levels concatenated in order, each level row-major."""
+    """Per-level head outputs [B, h, w, ...] -> dict of [B, N, ...] (FCOS: cls_logits
+    [B, N, C], box_reg [B, N, 4], centerness [B, N]), levels concatenated in order, each level
+    row-major."""
     batch = tf.shape(level_outputs[0]["cls_logits"])[0]
-    trailing = {"cls_logits": [level_outputs[0]["cls_logits"].shape[-1]], "box_reg": [4], "centerness": []}
     return {
-        key: tf.concat([tf.reshape(o[key], [batch, -1] + dims) for o in level_outputs], 1)
-        for key, dims in trailing.items()
+        key: tf.concat(
+            [tf.reshape(o[key], [batch, -1] + list(o[key].shape[3:])) for o in level_outputs], 1
+        )
+        for key in level_outputs[0]
     }
 
 
@@ -495,7 +511,7 @@ def export_tflite(model, path, spec: ExportSpec, category_ids, category_names, q
     path.write_bytes(flatbuffer)
     height, width = module.input_size
     outputs = (
-        {key: "float32" for key in RAW_OUTPUT_KEYS}
+        {key: "float32" for key in module.raw.get_concrete_function().structured_outputs}
         if raw
         else {
             "detection_boxes": "float32 [1, D, 4] normalised by image_size",

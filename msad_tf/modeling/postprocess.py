@@ -48,16 +48,14 @@ def _candidates(level_outputs, strides, topk: int, threshold: float):
     return tf.concat(boxes, 0), tf.concat(scores, 0), tf.concat(classes, 0)
 
 
-def image_candidates(level_outputs, strides, image_size, config: PostprocessConfig):
-    """Pre-NMS candidates of one image, clipped to ``image_size`` [2] (h, w).
+def clip_candidates(boxes, scores, classes, image_size):
+    """Candidates of one image clipped to ``image_size`` [2] (h, w), the rule every detector's
+    decoding shares.
 
-    Boxes clipped to zero area (cells in the padding) get score 0. Returns boxes [K, 4],
-    scores [K], classes [K] int32 and ``nms_boxes`` [K, 4]: the boxes offset per class so one
-    NMS call suppresses only within a class.
+    boxes [K, 4], scores [K], classes [K] int32 -> the same, with boxes clipped to the image and
+    the score of boxes clipped to zero area (cells in the padding) set to 0, plus ``nms_boxes``
+    [K, 4]: the boxes offset per class so one NMS call suppresses only within a class.
     """
-    boxes, scores, classes = _candidates(
-        level_outputs, strides, config.pre_nms_topk, config.score_threshold
-    )
     limit = tf.concat([image_size, image_size], 0)
     boxes = tf.clip_by_value(boxes, 0.0, limit)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -66,25 +64,34 @@ def image_candidates(level_outputs, strides, image_size, config: PostprocessConf
     return boxes, scores, classes, boxes + offset
 
 
-def postprocess(level_outputs, strides, image_sizes, config: PostprocessConfig):
-    """Detections for a batch.
+def image_candidates(level_outputs, strides, image_size, config: PostprocessConfig):
+    """FCOS pre-NMS candidates of one image, clipped to ``image_size`` [2] (h, w).
+
+    Returns boxes [K, 4], scores [K], classes [K] int32 and ``nms_boxes`` [K, 4] (see
+    ``clip_candidates``).
+    """
+    boxes, scores, classes = _candidates(
+        level_outputs, strides, config.pre_nms_topk, config.score_threshold
+    )
+    return clip_candidates(boxes, scores, classes, image_size)
+
+
+def select_detections(level_outputs, image_sizes, config: PostprocessConfig, candidates):
+    """Class-wise NMS of each image's candidates, padded to ``max_detections``.
 
     Args:
-      level_outputs: head outputs per level (cls_logits [B, h, w, C], box_reg [B, h, w, 4],
-        centerness [B, h, w]).
-      strides: stride of each level in the input's pixel frame.
-      image_sizes: [B, 2] (h, w) of the valid (unpadded) image area; boxes are clipped to it.
-    Returns dict:
-      boxes [B, D, 4] [ymin, xmin, ymax, xmax] in input pixels, scores [B, D],
-      classes [B, D] int32 (contiguous ids), num_detections [B] int32; D = max_detections,
-      rows past num_detections are zero.
+      level_outputs: head outputs per level, each a dict of [B, ...] tensors.
+      image_sizes: [B, 2] (h, w) of the valid image areas.
+      candidates: (per-image level outputs, image_size float32 [2]) -> boxes [K, 4],
+        scores [K], classes [K] int32, nms_boxes [K, 4] (e.g. ``image_candidates``).
+    Returns the dict of ``postprocess``.
     """
     image_sizes = tf.cast(image_sizes, tf.float32)
     max_det = config.max_detections
 
     def one_image(args):
         outs, size = args
-        boxes, scores, classes, nms_boxes = image_candidates(outs, strides, size, config)
+        boxes, scores, classes, nms_boxes = candidates(outs, size)
         selected, _ = tf.image.non_max_suppression_with_scores(
             nms_boxes,
             scores,
@@ -112,3 +119,22 @@ def postprocess(level_outputs, strides, image_sizes, config: PostprocessConfig):
         ),
     )
     return {"boxes": boxes, "scores": scores, "classes": classes, "num_detections": num}
+
+
+def postprocess(level_outputs, strides, image_sizes, config: PostprocessConfig):
+    """FCOS detections for a batch.
+
+    Args:
+      level_outputs: head outputs per level (cls_logits [B, h, w, C], box_reg [B, h, w, 4],
+        centerness [B, h, w]).
+      strides: stride of each level in the input's pixel frame.
+      image_sizes: [B, 2] (h, w) of the valid (unpadded) image area; boxes are clipped to it.
+    Returns dict:
+      boxes [B, D, 4] [ymin, xmin, ymax, xmax] in input pixels, scores [B, D],
+      classes [B, D] int32 (contiguous ids), num_detections [B] int32; D = max_detections,
+      rows past num_detections are zero.
+    """
+    return select_detections(
+        level_outputs, image_sizes, config,
+        lambda outs, size: image_candidates(outs, strides, size, config),
+    )

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from msad_tf.modeling.boxes import level_locations
-from msad_tf.modeling.postprocess import PostprocessConfig
+from msad_tf.modeling.postprocess import PostprocessConfig, clip_candidates, select_detections
 
 DEFAULT_SCALES = (1.0, 2.0 ** (1.0 / 3.0), 2.0 ** (2.0 / 3.0))
 DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -281,31 +281,15 @@ def _candidates(level_outputs, strides, spec: AnchorSpec, coder: BoxCoder, topk:
     return tf.concat(boxes, 0), tf.concat(scores, 0), tf.concat(classes, 0)
 
 
-def _select(boxes, scores, classes, image_size, config: PostprocessConfig):
-    """Clip to ``image_size`` [2], drop empty boxes, class-wise NMS, pad to max_detections.
-
-    Same rules as ``postprocess.image_candidates`` + ``postprocess.postprocess``.
-    """
-    limit = tf.concat([image_size, image_size], 0)
-    boxes = tf.clip_by_value(boxes, 0.0, limit)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    scores = tf.where(area > 0.0, scores, 0.0)
-    offset = tf.cast(classes, tf.float32)[:, None] * (tf.reduce_max(limit) + 1.0)
-    selected, _ = tf.image.non_max_suppression_with_scores(
-        boxes + offset,
-        scores,
-        max_output_size=config.max_detections,
-        iou_threshold=config.nms_iou,
-        score_threshold=1e-6,
+def image_candidates(level_outputs, strides, image_size, config: PostprocessConfig,
+                     anchor_spec: AnchorSpec = AnchorSpec(), box_coder: BoxCoder = BoxCoder()):
+    """Pre-NMS candidates of one image (level_outputs without batch axis), clipped to
+    ``image_size`` [2] by ``postprocess.clip_candidates``: boxes [K, 4], scores [K],
+    classes [K] int32, nms_boxes [K, 4]."""
+    boxes, scores, classes = _candidates(
+        level_outputs, strides, anchor_spec, box_coder, config.pre_nms_topk, config.score_threshold
     )
-    n = tf.shape(selected)[0]
-    pad = config.max_detections - n
-    return (
-        tf.pad(tf.gather(boxes, selected), [[0, pad], [0, 0]]),
-        tf.pad(tf.gather(scores, selected), [[0, pad]]),
-        tf.pad(tf.gather(classes, selected), [[0, pad]]),
-        n,
-    )
+    return clip_candidates(boxes, scores, classes, image_size)
 
 
 def retinanet_postprocess(
@@ -328,24 +312,7 @@ def retinanet_postprocess(
     Returns the dict of ``msad_tf.modeling.postprocess.postprocess``: boxes [B, D, 4],
     scores [B, D], classes [B, D] int32, num_detections [B] int32, D = max_detections.
     """
-    image_sizes = tf.cast(image_sizes, tf.float32)
-    max_det = config.max_detections
-
-    def one_image(args):
-        outs, size = args
-        boxes, scores, classes = _candidates(
-            outs, strides, anchor_spec, box_coder, config.pre_nms_topk, config.score_threshold
-        )
-        return _select(boxes, scores, classes, size, config)
-
-    boxes, scores, classes, num = tf.map_fn(
-        one_image,
-        (level_outputs, image_sizes),
-        fn_output_signature=(
-            tf.TensorSpec([max_det, 4], tf.float32),
-            tf.TensorSpec([max_det], tf.float32),
-            tf.TensorSpec([max_det], tf.int32),
-            tf.TensorSpec([], tf.int32),
-        ),
+    return select_detections(
+        level_outputs, image_sizes, config,
+        lambda outs, size: image_candidates(outs, strides, size, config, anchor_spec, box_coder),
     )
-    return {"boxes": boxes, "scores": scores, "classes": classes, "num_detections": num}

@@ -30,14 +30,14 @@ import tensorflow as tf
 
 from msad_tf.modeling.detector import FCOSDetector, model_config_from
 from msad_tf.modeling.fusion import PyramidFusion
-from msad_tf.modeling.postprocess import postprocess
 
 STAGES = ("joint", "align", "fusion")
 INFERENCE_BRANCHES = ("fused", "high", "low")
 
 
-class MultiScaleTeacher(FCOSDetector):
-    """Multi-scale fusion teacher: an aligned FCOSDetector with crossing feature-level fusion.
+class MultiScaleTeacherMixin:
+    """Multi-scale fusion teacher of any ``Detector``: the aligned detector with crossing
+    feature-level fusion. Listed before the detector class (``MultiScaleTeacher`` is FCOS's).
 
     Args:
       config: ModelConfig (or its dict); ``fusion``, ``fusion_reduction`` and ``fusion_shared``
@@ -46,7 +46,7 @@ class MultiScaleTeacher(FCOSDetector):
       fusion_weight: lambda, the weight of the fused-branch loss (paper: 0.4).
       stage: training stage, one of ``STAGES`` (see module docstring).
     ``train_mode`` is ``"aligned"``: the high/low branches are trained exactly as an aligned
-    FCOSDetector, so ``shift_for("low")`` is m and the low branch reads P(3-m)'..P(7-m)'.
+    detector, so ``shift_for("low")`` is m and the low branch reads P(3-m)'..P(7-m)'.
     Inputs of ``train_step``: dict with images [B, H, W, 3] (H, W multiples of the coarsest
     stride), boxes [B, N, 4] and classes [B, N] in the frame of ``images``.
     """
@@ -55,7 +55,7 @@ class MultiScaleTeacher(FCOSDetector):
         self, config, num_classes: int, fusion_weight: float = 0.4, stage: str = "joint", **kwargs
     ):
         cfg = model_config_from(config)
-        # Set before FCOSDetector.__init__, whose build() (overridden below) runs the fusion.
+        # Set before Detector.__init__, whose build() (overridden below) runs the fusion.
         self.fusion_weight = float(fusion_weight)
         self.stage = "joint"
         self.fusion = PyramidFusion(
@@ -180,11 +180,7 @@ class MultiScaleTeacher(FCOSDetector):
             features = self.fused_features(images, training)
         else:
             features = self.pyramid_features(images, shift, training)
-        outputs = self.head_outputs(features)
-        if image_sizes is None:
-            shape = tf.shape(images)
-            image_sizes = tf.tile(shape[None, 1:3], [shape[0], 1])
-        return postprocess(outputs, self.pyramid.strides(shift), image_sizes, self.postprocess_config)
+        return self.decode(self.head_outputs(features), self.full_image_sizes(images, image_sizes), shift)
 
     def detect_function(self, shift: int | None = None, branch: str | None = None):
         """Cached tf.function of ``detect`` per (shift, branch): (images, image_sizes) -> dict."""
@@ -202,10 +198,10 @@ class MultiScaleTeacher(FCOSDetector):
         return ("high", "low", "fused")
 
     def compute_losses(self, data, training: bool = True):
-        """FCOS losses of the high, low and fused branches against one assignment.
+        """Detection losses of the high, low and fused branches against one assignment.
 
         Returns dict of per-replica scalars: ``loss`` (weighted by ``loss_weights()``),
-        ``loss_<branch>`` and ``<branch>_<cls|box|ctr>`` for branch in high, low, fused.
+        ``loss_<branch>`` and ``<branch>_<part>`` (``loss_parts``) for branch in high, low, fused.
         """
         images, boxes, classes = data["images"], data["boxes"], data["classes"]
         high, low = self.aligned_features(images, training)
@@ -223,3 +219,7 @@ class MultiScaleTeacher(FCOSDetector):
                 parts = {name: tf.stop_gradient(value) for name, value in parts.items()}
             branch_losses[branch] = parts
         return self._collect(branch_losses, weights)
+
+
+class MultiScaleTeacher(MultiScaleTeacherMixin, FCOSDetector):
+    """The FCOS multi-scale fusion teacher (see ``MultiScaleTeacherMixin``)."""

@@ -23,17 +23,20 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from msad_tf.modeling.detector import FCOSDetector
-
-_PARTS = ("cls", "box", "ctr")
+from msad_tf.modeling.detector import Detector
 
 
 class StudentInitError(ValueError):
     """The student cannot be paired with (or initialised from) the teacher."""
 
 
-def check_compatible(teacher: FCOSDetector, student: FCOSDetector) -> None:
+def check_compatible(teacher: Detector, student: Detector) -> None:
     """Raise StudentInitError when the student's pyramid cannot be aligned with the teacher's."""
+    if teacher.arch != student.arch:
+        raise StudentInitError(
+            f"teacher is model.arch '{teacher.arch}', student '{student.arch}': distil a "
+            "student of the teacher's detector"
+        )
     if teacher.num_classes != student.num_classes:
         raise StudentInitError(
             f"teacher predicts {teacher.num_classes} classes, student {student.num_classes}: "
@@ -46,7 +49,7 @@ def check_compatible(teacher: FCOSDetector, student: FCOSDetector) -> None:
         )
 
 
-def initialize_student(student: FCOSDetector, teacher: FCOSDetector) -> dict[str, int]:
+def initialize_student(student: Detector, teacher: Detector) -> dict[str, int]:
     """Copy teacher weights into the student where names and shapes agree.
 
     Backbone, FPN and head are copied part by part (layer by layer, by name). With the same
@@ -72,7 +75,7 @@ def initialize_student(student: FCOSDetector, teacher: FCOSDetector) -> dict[str
                 counts["copied"] += 1
             else:
                 counts["skipped"] += 1
-    if student.head.scales.shape == teacher.head.scales.shape:
+    if hasattr(student.head, "scales") and student.head.scales.shape == teacher.head.scales.shape:
         student.head.scales.assign(teacher.head.scales)
     if counts["copied"] == 0:
         raise StudentInitError("no student layer matches the teacher: use train.student_init=none")
@@ -90,8 +93,8 @@ class Distiller(keras.Model):
     """Cross feature-level distillation of a low-resolution student.
 
     Args:
-      teacher: trained FCOSDetector or MultiScaleTeacher (frozen here).
-      student: FCOSDetector whose ``inference_shift`` is the pyramid shift m when aligned.
+      teacher: trained Detector or multi-scale fusion teacher (frozen here).
+      student: Detector of the teacher's arch whose ``inference_shift`` is the pyramid shift m when aligned.
       distill_loss: a layer from ``msad_tf.losses.distillation`` (its adapters are trained with
         the student and discarded after training).
       gamma: weight of L_KD.
@@ -142,7 +145,7 @@ class Distiller(keras.Model):
             adapter.build((None, None, None, student.model_config.fpn_channels))
         self.built = True
         self.kd_log_names = tuple(getattr(self.distill_loss, "log_names", ()))
-        names = ["loss", "loss_kd", "loss_det"] + [f"det_{p}" for p in _PARTS] + list(self.kd_log_names)
+        names = ["loss", "loss_kd", "loss_det"] + [f"det_{p}" for p in student.loss_parts] + list(self.kd_log_names)
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     @property
@@ -197,7 +200,7 @@ class Distiller(keras.Model):
         )
         kd, kd_logs = kd if self.kd_log_names else (kd, {})
         losses = {"loss_kd": kd, "loss_det": det["total"], **kd_logs}
-        for part in _PARTS:
+        for part in student.loss_parts:
             losses[f"det_{part}"] = det[part]
         losses["loss"] = self.gamma * self.kd_ramp() * kd + self.det_weight * det["total"]
         return losses

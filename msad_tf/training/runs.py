@@ -28,28 +28,30 @@ METRICS_FILE = "metrics.json"
 
 
 def build_model(config: Config, num_classes: int, inference_shift: int = 0):
-    """The keras.Model a config trains: FCOSDetector, or MultiScaleTeacher for mode teacher."""
-    from msad_tf.modeling.detector import FCOSDetector
+    """The keras.Model a config trains: the ``model.arch`` detector (FCOSDetector,
+    RetinaNetDetector), or its multi-scale fusion teacher for mode teacher."""
+    from msad_tf.modeling.detector import detector_class
 
     mode = config.train.mode
     if mode == "student":
         return build_student(config, num_classes)
     if mode == "teacher":
-        from msad_tf.modeling.teacher import MultiScaleTeacher
-
-        return MultiScaleTeacher(config.model, num_classes, fusion_weight=config.train.fusion_weight)
-    return FCOSDetector(config.model, num_classes, train_mode=mode, inference_shift=inference_shift)
+        teacher = detector_class(config.model.arch, teacher=True)
+        return teacher(config.model, num_classes, fusion_weight=config.train.fusion_weight)
+    return detector_class(config.model.arch)(
+        config.model, num_classes, train_mode=mode, inference_shift=inference_shift
+    )
 
 
 def build_student(config: Config, num_classes: int):
-    """The deployable student: FCOS reading the aligned levels of a low-res input (or P3..P7
-    when ``train.aligned`` is false, or of the high-res input when ``train.student_input`` is
-    high)."""
-    from msad_tf.modeling.detector import FCOSDetector
+    """The deployable student: the ``model.arch`` detector reading the aligned levels of a
+    low-res input (or P3..P7 when ``train.aligned`` is false, or of the high-res input when
+    ``train.student_input`` is high)."""
+    from msad_tf.modeling.detector import detector_class
     from msad_tf.modeling.pyramid import AlignedPyramid
 
     shift = AlignedPyramid(tuple(config.model.head_levels), config.model.k).shift
-    return FCOSDetector(
+    return detector_class(config.model.arch)(
         config.model, num_classes, train_mode="single",
         inference_shift=shift if config.train.aligned and config.train.student_input == "low" else 0,
         name="student",

@@ -147,7 +147,7 @@ def build_distiller(config: Config, train_data, steps_per_epoch: int = 1):
         t.distill_loss,
         channels=teacher.model_config.fpn_channels,
         num_levels=teacher.pyramid.num_levels,
-        num_classes=train_data.num_classes,
+        num_classes=student.cls_channels,
         aligned=t.aligned or t.student_input == "high",
         **({"tau": t.tau} if t.distill_loss.startswith("msad_l1") else {}),
     )

@@ -1,0 +1,90 @@
+"""RetinaNetDetector and RetinaNetTeacher: RetinaNet plugged into the MSAD ``Detector``.
+
+Only RetinaNet's own part is written here (head, IoU-matching targets, focal + smooth L1 / GIoU
+losses, anchor decoding); the aligned pyramid, the training modes, the fusion teacher, the
+distiller, evaluation and export come from ``Detector`` and ``MultiScaleTeacherMixin``.
+Anchor-relative targets do not change when the frame is scaled, so the aligned branch
+P(3-m)'..P(7-m)' trains against the assignment made once in the high-res frame.
+"""
+from __future__ import annotations
+
+from msad_tf.losses.retinanet import RetinaNetTargetSpec, assign_targets, retinanet_losses
+from msad_tf.modeling.detector import Detector
+from msad_tf.modeling.retinanet import AnchorSpec, BoxCoder, RetinaNetHead, image_candidates
+from msad_tf.modeling.teacher import MultiScaleTeacherMixin
+
+
+def anchor_spec_from(config) -> AnchorSpec:
+    """``AnchorSpec`` of a ModelConfig (anchor_size, anchor_scales, anchor_aspect_ratios)."""
+    return AnchorSpec(
+        anchor_size=float(config.anchor_size),
+        scales=tuple(float(s) for s in config.anchor_scales),
+        aspect_ratios=tuple(float(r) for r in config.anchor_aspect_ratios),
+    )
+
+
+class RetinaNetDetector(Detector):
+    """RetinaNet on a ResNet-FPN (arguments and inputs as ``Detector``).
+
+    Head outputs per level: cls_logits [B, h, w, A * C], box_reg [B, h, w, A * 4] (deltas
+    dy, dx, dh, dw of ``BoxCoder``); loss parts ``cls`` (sigmoid focal) and ``box``
+    (``model.box_loss``), both normalised by the global number of positive anchors.
+    """
+
+    arch = "retinanet"
+    loss_parts = ("cls", "box")
+    default_nms_iou = 0.5
+
+    @property
+    def anchor_spec(self) -> AnchorSpec:
+        return self.target_spec.anchors
+
+    @property
+    def box_coder(self) -> BoxCoder:
+        return self.target_spec.box_coder
+
+    @property
+    def cls_channels(self) -> int:
+        return self.anchor_spec.num_anchors * self.num_classes
+
+    def make_head(self):
+        cfg = self.model_config
+        return RetinaNetHead(
+            self.num_classes,
+            cfg.fpn_channels,
+            cfg.head_convs,
+            anchor_spec_from(cfg).num_anchors,
+            cfg.head_norm,
+            cfg.gn_groups,
+            cfg.prior_prob,
+            name="head",
+        )
+
+    def make_target_spec(self):
+        cfg = self.model_config
+        return RetinaNetTargetSpec(
+            strides=self.pyramid.strides(0),
+            anchors=anchor_spec_from(cfg),
+            positive_iou=float(cfg.positive_iou),
+            negative_iou=float(cfg.negative_iou),
+        )
+
+    def assign_targets(self, boxes, classes, sizes):
+        return assign_targets(boxes, classes, sizes, self.target_spec)
+
+    def branch_loss(self, outputs, targets):
+        cfg = self.model_config
+        return retinanet_losses(
+            outputs, targets, cfg.focal_alpha, cfg.focal_gamma, cfg.box_loss, cfg.smooth_l1_beta,
+            self.box_coder,
+        )
+
+    def image_candidates(self, level_outputs, strides, image_size):
+        return image_candidates(
+            level_outputs, strides, image_size, self.postprocess_config, self.anchor_spec,
+            self.box_coder,
+        )
+
+
+class RetinaNetTeacher(MultiScaleTeacherMixin, RetinaNetDetector):
+    """The RetinaNet multi-scale fusion teacher (see ``MultiScaleTeacherMixin``)."""
