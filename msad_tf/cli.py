@@ -85,7 +85,7 @@ def cmd_distill(args):
 
 
 def _evaluate_run(run_dir, split, resolutions, max_images, progress=True):
-    from msad_tf.evaluation.evaluator import evaluate_model
+    from msad_tf.evaluation.evaluator import evaluate_model, model_branches
     from msad_tf.training import runs
     from msad_tf.training.train import load_split
 
@@ -101,14 +101,6 @@ def _evaluate_run(run_dir, split, resolutions, max_images, progress=True):
             rows[label] = metrics
             runs.update_metrics(run_dir, f"{split}/{label}", metrics)
     return rows
-
-
-def model_branches(model, resolution):
-    """(row label, inference branch) pairs to evaluate for a model at a resolution."""
-    branches = getattr(model, "inference_branches", None)
-    if branches is None:
-        return [(resolution, None)]
-    return [(f"{b}@{resolution}" if b != "fused" else "fused", b) for b in branches(resolution)]
 
 
 def cmd_evaluate(args):
@@ -135,7 +127,7 @@ def cmd_evaluate(args):
 def _evaluate_checkpoints(args):
     """AP of every epoch checkpoint of a run (AP against training steps): a table, and
     RUN/eval_<split>_checkpoints.json {step: {row: metrics}} (or --json)."""
-    from msad_tf.evaluation.evaluator import evaluate_model
+    from msad_tf.evaluation.evaluator import evaluate_model, model_branches
     from msad_tf.training import runs
     from msad_tf.training.train import load_split
 
@@ -170,7 +162,11 @@ def _evaluate_corruptions(args):
 
     from msad_tf.evaluation import corruptions
     from msad_tf.evaluation.coco_eval import write_metrics
-    from msad_tf.evaluation.evaluator import evaluate_model, evaluation_batches
+    from msad_tf.evaluation.evaluator import (
+        evaluate_model,
+        evaluation_batches,
+        model_branches,
+    )
     from msad_tf.training import runs
     from msad_tf.training.train import load_split
 
@@ -264,7 +260,10 @@ def cmd_benchmark(args):
 
     config = _resolve_config(args)
     if args.processes:
-        from msad_tf.evaluation.benchmark import benchmark_processes, format_process_benchmark
+        from msad_tf.evaluation.benchmark import (
+            benchmark_processes,
+            format_process_benchmark,
+        )
 
         result = {}
         for mode in args.modes:

@@ -15,7 +15,6 @@ from typing import Any
 
 import yaml
 
-
 FPN_INITS = ("c2_xavier", "he_uniform")
 ARCHS = ("fcos", "retinanet")
 #: The authors' LR warm-up and KD ramp: 500 of 90k iterations.

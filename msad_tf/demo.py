@@ -34,8 +34,7 @@ DEMO_EXPORT = {"quantizations": ("none",), "warmup": 3, "repeats": 20, "num_thre
 
 def _evaluate_rows(label, model, dataset, config, resolutions):
     """({table row: metrics}, {"resolution/branch": metrics}) of a model."""
-    from msad_tf.cli import model_branches
-    from msad_tf.evaluation.evaluator import evaluate_model
+    from msad_tf.evaluation.evaluator import evaluate_model, model_branches
 
     rows, keyed = {}, {}
     for resolution in resolutions:
@@ -70,7 +69,11 @@ def export_and_benchmark(run_dir, out, name: str = STUDENT_RUN, **benchmark_args
     """Exports ``run_dir`` at its deployment resolution to ``OUT/export/NAME`` (SavedModel
     ``1/`` and ``tflite/``) and benchmarks it at L against the same network at H; writes
     ``OUT/benchmark_infer.json``. Returns (result, table text)."""
-    from msad_tf.export.benchmark_infer import benchmark_infer, format_benchmark, write_json
+    from msad_tf.export.benchmark_infer import (
+        benchmark_infer,
+        format_benchmark,
+        write_json,
+    )
 
     args = dict(DEMO_EXPORT, **benchmark_args)
     result = benchmark_infer(run_dir, export_out=Path(out) / "export", export_name=name,

@@ -121,6 +121,23 @@ def tiny_train_config(data_root, model=None, **train):
     })
 
 
+def write_tiny_yaml(path, epochs=2, steps_per_epoch=2, lr_decay_epochs=(1.5,)):
+    """A YAML config of tiny float32 runs on ``tiny_data`` (batch 2, 64 px padded to 128, no
+    backups) for the commands that take a config file (demo, reproduce). Returns ``path``."""
+    import yaml
+
+    config = {
+        "model": TINY_DATA_MODEL,
+        "data": {"short_side": 64, "max_side": 64, "pad_multiple": 128, "max_boxes": 8},
+        "train": {"batch_size": 2, "base_batch": 2, "base_lr": 0.01, "epochs": epochs,
+                  "steps_per_epoch": steps_per_epoch, "lr_decay_epochs": list(lr_decay_epochs), "backup_every": 0,
+                  "precision": "float32"},
+        "eval": {"batch_size": 2},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def max_weight_difference(path_a, path_b) -> float:
     """Largest absolute difference between two weights files of the same model."""
     a, b = h5_arrays(path_a), h5_arrays(path_b)

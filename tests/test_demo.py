@@ -6,20 +6,10 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_trains_its_runs_in_parallel_processes(tiny_data, tmp_path):
-    import yaml
-
-    from conftest import TINY_DATA_MODEL
+    from conftest import write_tiny_yaml
     from msad_tf.demo import DEMO_RUNS, run_demo
 
-    config = {
-        "model": TINY_DATA_MODEL,
-        "data": {"short_side": 64, "max_side": 64, "pad_multiple": 128, "max_boxes": 8},
-        "train": {"batch_size": 2, "base_batch": 2, "base_lr": 0.01, "epochs": 1, "steps_per_epoch": 2,
-                  "lr_decay_epochs": [0.5], "backup_every": 0, "precision": "float32"},
-        "eval": {"batch_size": 2},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
     out = tmp_path / "demo"
     table = run_demo(path, out, str(tiny_data), export_student=False, jobs=2)
     assert "MSAD student @L" in table and "single-scale @H" in table

@@ -80,19 +80,9 @@ def test_run_order_puts_the_seeded_core_first():
 def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
     """Two seeds of the core runs on the tiny dataset; a second call trains and evaluates
     nothing and gives the same file."""
-    import yaml
+    from conftest import write_tiny_yaml
 
-    from conftest import TINY_DATA_MODEL
-
-    config = {
-        "model": TINY_DATA_MODEL,
-        "data": {"short_side": 64, "max_side": 64, "pad_multiple": 128, "max_boxes": 8},
-        "train": {"batch_size": 2, "base_batch": 2, "base_lr": 0.01, "epochs": 2, "steps_per_epoch": 2,
-                  "lr_decay_epochs": [1.5], "backup_every": 0, "precision": "float32"},
-        "eval": {"batch_size": 2},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_tiny_yaml(tmp_path / "tiny.yaml")
     out, keep = tmp_path / "out", tmp_path / "keep"
     first = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0, 1), variants=False, plateau=False,
                                     progress=False, keep=keep)
@@ -126,19 +116,9 @@ def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
 def test_parallel_reproduction_trains_each_run_once_after_its_teacher(tiny_data, tmp_path, monkeypatch):
     """jobs=2: every core run is trained in its own process (its log in OUT), each student
     after its teacher's weights exist, and a second call with jobs=1 reuses all of them."""
-    import yaml
+    from conftest import write_tiny_yaml
 
-    from conftest import TINY_DATA_MODEL
-
-    config = {
-        "model": TINY_DATA_MODEL,
-        "data": {"short_side": 64, "max_side": 64, "pad_multiple": 128, "max_boxes": 8},
-        "train": {"batch_size": 2, "base_batch": 2, "base_lr": 0.01, "epochs": 1, "steps_per_epoch": 2,
-                  "lr_decay_epochs": [0.5], "backup_every": 0, "precision": "float32"},
-        "eval": {"batch_size": 2},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
     out = tmp_path / "out"
     first = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0,), variants=False, plateau=False,
                                     progress=False, keep=None, jobs=2)

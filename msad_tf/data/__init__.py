@@ -10,7 +10,12 @@ from msad_tf.data.preprocess import (
     resize_scale,
     resized_size,
 )
-from msad_tf.data.synthetic import CATEGORY_IDS, CLASS_NAMES, make_synthetic_dataset, render_image
+from msad_tf.data.synthetic import (
+    CATEGORY_IDS,
+    CLASS_NAMES,
+    make_synthetic_dataset,
+    render_image,
+)
 from msad_tf.data.tfrecords import parse_example, read_categories, write_tfrecords
 
 __all__ = [

@@ -7,6 +7,14 @@ import numpy as np
 from msad_tf.evaluation.coco_eval import evaluate_coco, to_coco_results
 
 
+def model_branches(model, resolution):
+    """(row label, inference branch) pairs to evaluate for a model at a resolution."""
+    branches = getattr(model, "inference_branches", None)
+    if branches is None:
+        return [(resolution, None)]
+    return [(f"{b}@{resolution}" if b != "fused" else "fused", b) for b in branches(resolution)]
+
+
 def resolution_for(config, name: str) -> tuple[int, int, int]:
     """(short_side, max_side, stride) of a resolution name (``input_geometry``): ``high`` = H;
     ``low`` = H / k, made as ``eval.low_input`` says."""

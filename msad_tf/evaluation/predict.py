@@ -8,7 +8,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from msad_tf.data.preprocess import network_input, normalize_image, pad_to_multiple, resize_image
+from msad_tf.data.preprocess import (
+    network_input,
+    normalize_image,
+    pad_to_multiple,
+    resize_image,
+)
 
 _COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
             (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]

@@ -17,9 +17,9 @@ def resolution_sweep(model, dataset, config, fractions, shift, out_dir, max_imag
     Writes OUT/resolution_sweep.csv and OUT/resolution_sweep.png (AP, AP_S/M/L vs short side).
     Returns list of dicts (fraction, short_side, max_side: the resize target, stride, metrics...).
     """
-    from msad_tf.data.preprocess import input_geometry, resolve_input_norm
-
     import matplotlib
+
+    from msad_tf.data.preprocess import input_geometry, resolve_input_norm
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -95,7 +95,11 @@ def add_export_parser(subparsers):
 
 def cmd_benchmark_infer(args) -> None:
     """``msad benchmark infer``: latency table of every export format at H and L."""
-    from msad_tf.export.benchmark_infer import benchmark_infer, format_benchmark, write_json
+    from msad_tf.export.benchmark_infer import (
+        benchmark_infer,
+        format_benchmark,
+        write_json,
+    )
 
     result = benchmark_infer(
         args.run, runs_high=args.runs_high, quantizations=args.quantize, warmup=args.warmup,

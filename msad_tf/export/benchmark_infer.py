@@ -330,7 +330,12 @@ def prepare_resolution(model, config, resolution: str, workdir, category_ids, na
     """
     from msad_tf.data.preprocess import network_input, normalize_image, pad_to_multiple
     from msad_tf.export.saved_model import read_export_info
-    from msad_tf.export.tflite import TFLiteDetector, export_tflite, prepare_input, representative_dataset
+    from msad_tf.export.tflite import (
+        TFLiteDetector,
+        export_tflite,
+        prepare_input,
+        representative_dataset,
+    )
 
     spec = export_spec(model, config, resolution)
     image = benchmark_image(config, spec)

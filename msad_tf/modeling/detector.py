@@ -36,7 +36,11 @@ from msad_tf.losses.fcos import FCOSTargetSpec, assign_targets, fcos_losses
 from msad_tf.modeling.backbone import build_resnet, stage_channels
 from msad_tf.modeling.fpn import FeaturePyramid
 from msad_tf.modeling.head import FCOSHead
-from msad_tf.modeling.postprocess import PostprocessConfig, image_candidates, select_detections
+from msad_tf.modeling.postprocess import (
+    PostprocessConfig,
+    image_candidates,
+    select_detections,
+)
 from msad_tf.modeling.pyramid import AlignedPyramid
 
 TRAIN_MODES = ("single", "vanilla_multiscale", "aligned")

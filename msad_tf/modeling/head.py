@@ -7,6 +7,26 @@ import keras
 from keras import ops
 
 
+def conv_tower(name: str, channels: int, num_convs: int, gn_groups: int | None, init) -> list:
+    """Layers of a head tower: ``num_convs`` x (3x3 conv with kernel initializer ``init``;
+    GroupNorm unless ``gn_groups`` is None; ReLU), named ``{name}_conv{i}``, ``{name}_gn{i}``,
+    ``{name}_relu{i}``. The head passes its one initializer, so a seed gives the same weights as
+    before this helper existed."""
+    layers = []
+    for i in range(num_convs):
+        layers.append(keras.layers.Conv2D(channels, 3, padding="same", kernel_initializer=init,
+                                          name=f"{name}_conv{i}"))
+        if gn_groups is not None:
+            layers.append(keras.layers.GroupNormalization(gn_groups, epsilon=1e-5, name=f"{name}_gn{i}"))
+        layers.append(keras.layers.ReLU(name=f"{name}_relu{i}"))
+    return layers
+
+
+def prior_bias(prior_prob: float) -> float:
+    """Classification bias whose sigmoid is ``prior_prob`` (Lin et al.'s prior initialisation)."""
+    return -math.log((1 - prior_prob) / prior_prob)
+
+
 class FCOSHead(keras.layers.Layer):
     """Classification, box regression and centerness over a list of pyramid levels.
 
@@ -44,24 +64,9 @@ class FCOSHead(keras.layers.Layer):
         self.num_levels = num_levels
         self.prior_prob = prior_prob
         init = keras.initializers.RandomNormal(stddev=0.01)
-
-        def tower(name):
-            layers = []
-            for i in range(num_convs):
-                layers.append(
-                    keras.layers.Conv2D(
-                        channels, 3, padding="same", kernel_initializer=init, name=f"{name}_conv{i}"
-                    )
-                )
-                layers.append(
-                    keras.layers.GroupNormalization(gn_groups, epsilon=1e-5, name=f"{name}_gn{i}")
-                )
-                layers.append(keras.layers.ReLU(name=f"{name}_relu{i}"))
-            return layers
-
-        self.cls_tower = tower("cls_tower")
-        self.box_tower = tower("box_tower")
-        bias = -math.log((1 - prior_prob) / prior_prob)
+        self.cls_tower = conv_tower("cls_tower", channels, num_convs, gn_groups, init)
+        self.box_tower = conv_tower("box_tower", channels, num_convs, gn_groups, init)
+        bias = prior_bias(prior_prob)
         self.cls_logits = keras.layers.Conv2D(
             num_classes,
             3,

@@ -21,7 +21,12 @@ import numpy as np
 import tensorflow as tf
 
 from msad_tf.modeling.boxes import level_locations
-from msad_tf.modeling.postprocess import PostprocessConfig, clip_candidates, select_detections
+from msad_tf.modeling.head import conv_tower, prior_bias
+from msad_tf.modeling.postprocess import (
+    PostprocessConfig,
+    clip_candidates,
+    select_detections,
+)
 
 DEFAULT_SCALES = (1.0, 2.0 ** (1.0 / 3.0), 2.0 ** (2.0 / 3.0))
 DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -187,25 +192,10 @@ class RetinaNetHead(keras.layers.Layer):
         self.gn_groups = gn_groups
         self.prior_prob = prior_prob
         init = keras.initializers.RandomNormal(stddev=0.01)
-
-        def tower(name):
-            layers = []
-            for i in range(num_convs):
-                layers.append(
-                    keras.layers.Conv2D(
-                        channels, 3, padding="same", kernel_initializer=init, name=f"{name}_conv{i}"
-                    )
-                )
-                if norm == "gn":
-                    layers.append(
-                        keras.layers.GroupNormalization(gn_groups, epsilon=1e-5, name=f"{name}_gn{i}")
-                    )
-                layers.append(keras.layers.ReLU(name=f"{name}_relu{i}"))
-            return layers
-
-        self.cls_tower = tower("cls_tower")
-        self.box_tower = tower("box_tower")
-        bias = -math.log((1 - prior_prob) / prior_prob)
+        groups = gn_groups if norm == "gn" else None
+        self.cls_tower = conv_tower("cls_tower", channels, num_convs, groups, init)
+        self.box_tower = conv_tower("box_tower", channels, num_convs, groups, init)
+        bias = prior_bias(prior_prob)
         self.cls_logits = keras.layers.Conv2D(
             num_anchors * num_classes,
             3,

@@ -8,9 +8,18 @@ P(3-m)'..P(7-m)' trains against the assignment made once in the high-res frame.
 """
 from __future__ import annotations
 
-from msad_tf.losses.retinanet import RetinaNetTargetSpec, assign_targets, retinanet_losses
+from msad_tf.losses.retinanet import (
+    RetinaNetTargetSpec,
+    assign_targets,
+    retinanet_losses,
+)
 from msad_tf.modeling.detector import Detector
-from msad_tf.modeling.retinanet import AnchorSpec, BoxCoder, RetinaNetHead, image_candidates
+from msad_tf.modeling.retinanet import (
+    AnchorSpec,
+    BoxCoder,
+    RetinaNetHead,
+    image_candidates,
+)
 from msad_tf.modeling.teacher import MultiScaleTeacherMixin
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from msad_tf.keras_private import nested_layers
 from msad_tf.modeling.detector import FCOSDetector, model_config_from
 from msad_tf.modeling.fusion import PyramidFusion
 
@@ -89,7 +90,7 @@ class MultiScaleTeacherMixin:
         return [
             layer
             for part in (self.backbone, self.fpn, self.head)
-            for layer in part._flatten_layers(include_self=True)
+            for layer in nested_layers(part, include_self=True)
         ]
 
     def set_stage(self, stage: str) -> None:

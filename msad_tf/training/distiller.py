@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from msad_tf.keras_private import nested_layers
 from msad_tf.modeling.detector import Detector
 
 
@@ -85,8 +86,7 @@ def initialize_student(student: Detector, teacher: Detector) -> dict[str, int]:
 def _weighted_sublayers(part):
     if isinstance(part, keras.Model):
         return [layer for layer in part.layers if layer.weights]
-    return [layer for layer in part._flatten_layers(include_self=False) if layer.weights
-            and not list(layer._flatten_layers(include_self=False))]
+    return [layer for layer in nested_layers(part) if layer.weights and not nested_layers(layer)]
 
 
 class Distiller(keras.Model):

@@ -14,13 +14,14 @@ import tensorflow as tf
 import yaml
 
 from msad_tf.config import Config
+from msad_tf.keras_private import in_multi_worker_mode, strategy_from_scope
 from msad_tf.training import runs
 from msad_tf.training.callbacks import (
     Backup,
+    EpochWeights,
     NonFiniteLossError,
     NonFiniteLossGuard,
     StepBackup,
-    EpochWeights,
     StepTimer,
     list_backups,
     nonfinite_variables,
@@ -181,8 +182,7 @@ def config_digest(config: Config) -> str:
 
 def _is_multi_worker(strategy) -> bool:
     """Whether ``strategy`` spans several worker processes (the test Keras uses for its logs)."""
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and in_multi_worker_mode(strategy)
 
 
 def _common_backup_step(strategy, steps: list[int], keep: int) -> int | None:
@@ -228,16 +228,13 @@ def _fit(model, strategy, dataset, **kwargs):
     ``strategy.reduce("MEAN", logs, axis=0)``, which rejects scalars: the logs of each step are
     then returned with shape [1] (and averaged to scalars by that reduce).
     """
-    created_under = model._distribute_strategy
-    model._distribute_strategy = None
     if _is_multi_worker(strategy):
         step = type(model).train_step.__get__(model)
         model.train_step = lambda data: {k: tf.reshape(v, [1]) for k, v in step(data).items()}
     try:
-        with strategy.scope():
+        with strategy_from_scope(model), strategy.scope():
             return model.fit(dataset, shuffle=False, **kwargs)
     finally:
-        model._distribute_strategy = created_under
         model.__dict__.pop("train_step", None)
 
 

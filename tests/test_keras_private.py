@@ -1,0 +1,40 @@
+"""The private Keras / tf.distribute attributes msad_tf relies on (msad_tf/keras_private.py)
+still exist and behave as used: a Keras or TensorFlow upgrade that changes one fails here."""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from msad_tf import keras_private
+
+
+def test_nested_layers_lists_every_layer_inside():
+    inner = keras.Sequential([keras.layers.Dense(2, name="a"), keras.layers.Dense(2, name="b")], name="inner")
+
+    class Outer(keras.layers.Layer):
+        def __init__(self):
+            super().__init__(name="outer")
+            self.inner = inner
+            self.head = keras.layers.Dense(1, name="c")
+
+    outer = Outer()
+    names = [layer.name for layer in keras_private.nested_layers(outer)]
+    assert sorted(names) == ["a", "b", "c", "inner"] and len(names) == 4
+    assert [layer.name for layer in keras_private.nested_layers(outer, include_self=True)][0] == "outer"
+    assert keras_private.nested_layers(keras.layers.Dense(1)) == []
+
+
+def test_in_multi_worker_mode_is_false_for_one_local_worker():
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    assert keras_private.in_multi_worker_mode(strategy) is False
+
+
+def test_strategy_from_scope_detaches_and_restores_the_creation_strategy():
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+    assert model._distribute_strategy is strategy
+    with keras_private.strategy_from_scope(model), strategy.scope():
+        assert model._distribute_strategy is None
+        model.fit(np.ones((4, 3)), np.ones((4, 1)), epochs=1, verbose=0)
+    assert model._distribute_strategy is strategy
