@@ -111,12 +111,12 @@ def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, j
                           needs=teacher.name if teacher else None, ready=ready))
         if force and run_dir.exists():
             (run_dir / runs.WEIGHTS_FILE).unlink(missing_ok=True)
-    started = time.time()
-    codes = run_in_processes(tasks, jobs)
+    seconds = {}
+    codes = run_in_processes(tasks, jobs, on_done=lambda key, code, took: seconds.__setitem__(key, took))
     failed = [key for key, code in codes.items() if code != 0]
     if failed:
         raise RuntimeError(f"training failed for {failed}: see {', '.join(str(out / f'{k}.log') for k in failed)}")
-    return {task.key: time.time() - started for task in tasks}
+    return seconds
 
 
 def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth128",

@@ -471,7 +471,7 @@ def _run_parallel(plan: _Plan, jobs: int, progress: bool, report=None) -> None:
 
     tasks = [Task(key, _produce, (plan.args, key), log=plan.out / f"{key}.log", needs=plan.teacher(key),
                   ready=ready(plan.teacher(key))) for key in pending]
-    run_in_processes(tasks, jobs, progress, on_done=(lambda key, code: report()) if report else None)
+    run_in_processes(tasks, jobs, progress, on_done=(lambda key, code, seconds: report()) if report else None)
 
 
 def _cached_rows(run_dir: Path, evals, low_input) -> dict | None:

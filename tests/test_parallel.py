@@ -25,8 +25,11 @@ def test_a_task_starts_once_what_it_needs_exists_and_logs_go_to_files(tmp_path):
         Task("teacher", write_after, (teacher, 1.0), log=tmp_path / "teacher.log"),
         Task("other", write_after, (other, 0.0), log=tmp_path / "other.log"),
     ]
-    codes = run_in_processes(tasks, jobs=2, progress=False, poll=0.1)
+    done = {}
+    codes = run_in_processes(tasks, jobs=2, progress=False, poll=0.1,
+                             on_done=lambda key, code, seconds: done.__setitem__(key, (code, seconds)))
     assert codes == {"teacher": 0, "student": 0, "other": 0}
+    assert set(done) == set(codes) and done["teacher"][0] == 0 and done["teacher"][1] >= 1.0
     assert float(student.read_text()) >= float(teacher.read_text())
     assert "wrote" in (tmp_path / "student.log").read_text()
 

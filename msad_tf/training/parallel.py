@@ -51,7 +51,8 @@ def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: 
                      on_done=None) -> dict[str, int]:
     """Runs ``tasks`` at most ``jobs`` at a time, in order as far as ``needs``/``ready`` allow.
 
-    ``on_done(key, exit code)`` is called in this process after each task ends. Returns
+    ``on_done(key, exit code, seconds the task ran)`` is called in this process after each task
+    ends. Returns
     {key: exit code} (0: success; a task whose ``needs`` failed is not started and gets -1).
     Progress lines go to stdout.
     """
@@ -73,7 +74,7 @@ def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: 
                 print(f"== {key} {state} in {time.time() - began:.0f} s ({time.time() - start:.0f} s in all)",
                       flush=True)
             if on_done is not None:
-                on_done(key, proc.exitcode)
+                on_done(key, proc.exitcode, time.time() - began)
         for task in list(pending):
             if len(running) >= jobs:
                 break
