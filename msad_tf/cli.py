@@ -2,6 +2,7 @@
 
   msad make-dataset      write the embedded synthetic dataset (COCO layout)
   msad make-tfrecords    convert a COCO dataset to sharded TFRecords
+  msad pretrain          pre-train a backbone on single-object images (the ImageNet stand-in)
   msad train             train a detector or teacher from a YAML config
   msad distill           train a student from a teacher run (low-res MSAD or same resolution)
   msad evaluate          COCO AP of a run at high and/or low resolution
@@ -55,6 +56,17 @@ def cmd_make_dataset(args):
         seed=args.seed, progress=not args.quiet, object_scale=args.object_scale,
     )
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+
+
+def cmd_pretrain(args):
+    from msad_tf.training.pretrain import pretrain_backbone
+
+    record = pretrain_backbone(
+        args.out, backbone=args.backbone, width=args.width, images=args.images,
+        image_size=args.image_size, object_scale=args.object_scale, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=not args.quiet,
+    )
+    print(json.dumps(record, indent=2))
 
 
 def cmd_make_tfrecords(args):
@@ -342,6 +354,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output prefix, e.g. data/tfr/train")
     p.add_argument("--shards", type=int, default=8)
     p.set_defaults(func=cmd_make_tfrecords)
+
+    p = sub.add_parser(
+        "pretrain", help="pre-train a backbone on single-object images (the ImageNet stand-in)",
+        description="Trains a backbone to classify generated single-object images (class labels "
+                    "only, a seed stream disjoint from the detection dataset's) and writes OUT "
+                    "(.weights.h5, for model.backbone_weights) and OUT with .json.",
+    )
+    p.add_argument("--out", default="msad_tf/weights/resnet_tiny_w0.5_synth.weights.h5")
+    p.add_argument("--backbone", default="resnet_tiny")
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--images", type=int, default=20000, help="training images (rendered once, in memory)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--object-scale", type=float, default=0.75, help="as the dataset's (make-dataset)")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak (5%% warm-up, cosine decay)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("train", help="train from a YAML config")
     _add_config_args(p)

@@ -46,7 +46,9 @@ class ModelConfig:
     ``input_norm`` normalises the input pixels everywhere (training, evaluation, exports):
     ``imagenet_std`` ((RGB - mean) / std), ``caffe`` (BGR minus the ImageNet mean, what
     keras.applications ImageNet weights expect) or ``auto`` (caffe when ``backbone_weights``
-    is set, imagenet_std otherwise).
+    is ``imagenet``, imagenet_std otherwise). ``backbone_weights``: null (random init),
+    ``imagenet`` (keras.applications, width-1.0 ResNet-50/101) or a ``msad pretrain`` file
+    (a path, or the name of a shipped one in ``msad_tf/weights/``).
     """
 
     arch: str = "fcos"

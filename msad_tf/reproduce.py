@@ -24,6 +24,7 @@ the paper's threshold) exceeds twice the standard error of that difference over 
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -301,15 +302,22 @@ class _Plan:
         self.by_name = {f"{run.name}_s{seed}": (run, seed) for run, seed in self.order}
         self.seconds: dict[str, float] = {}
         self._val = None
+        self._base = None
+        self._configs = {}
 
     def config_of(self, key):
+        """The config of run ``key`` (loaded once per key)."""
         from msad_tf.config import load_config
 
-        run, seed = self.by_name[key]
-        base = load_config(self.config_path, [f"data.root={self.data_root}"] + self.overrides)
-        extra = _format(run.overrides, self.out, seed, base.train.epochs, base.train.lr_decay_epochs)
-        return load_config(self.config_path, [f"data.root={self.data_root}"] + self.overrides + extra
-                           + [f"train.seed={seed}"])
+        if key not in self._configs:
+            run, seed = self.by_name[key]
+            common = [f"data.root={self.data_root}"] + self.overrides
+            if self._base is None:
+                self._base = load_config(self.config_path, common)
+            extra = _format(run.overrides, self.out, seed, self._base.train.epochs,
+                            self._base.train.lr_decay_epochs)
+            self._configs[key] = load_config(self.config_path, common + extra + [f"train.seed={seed}"])
+        return copy.deepcopy(self._configs[key])
 
     @property
     def val(self):

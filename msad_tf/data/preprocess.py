@@ -20,11 +20,12 @@ INPUT_NORMS = ("imagenet_std", "caffe")
 
 def resolve_input_norm(model_config) -> str:
     """The normalisation a model's input gets: ``model.input_norm``, with ``auto`` resolved to
-    ``caffe`` when ``model.backbone_weights`` is set (keras.applications ImageNet weights
-    expect caffe inputs) and ``imagenet_std`` otherwise."""
+    ``caffe`` when ``model.backbone_weights`` is keras.applications's ``imagenet`` (those
+    weights expect caffe inputs) and ``imagenet_std`` otherwise (``msad pretrain`` weights are
+    trained on it)."""
     norm = getattr(model_config, "input_norm", "auto")
     if norm == "auto":
-        return "caffe" if model_config.backbone_weights else "imagenet_std"
+        return "caffe" if model_config.backbone_weights == "imagenet" else "imagenet_std"
     if norm not in INPUT_NORMS:
         raise ValueError(f"input_norm '{norm}': choose auto, {' or '.join(INPUT_NORMS)}")
     return norm

@@ -210,6 +210,28 @@ def render_image(rng, size: int, object_scale: float | None = None) -> tuple[np.
     scale = size / 256.0 if object_scale is None else float(object_scale)
     image = _background(rng, size)
     objects = _place_objects(rng, size, scale)
+    return _draw_objects(rng, image, objects, scale), objects
+
+
+def render_object_image(rng, size: int, object_scale: float) -> tuple[np.ndarray, int]:
+    """One object of a random class on the dataset's background: the single-label images of
+    backbone pre-training (``msad pretrain``).
+
+    The object's size is drawn like the dataset's (shrunk to fit 90% of the image) and its
+    position uniformly where it fits. Returns (uint8 [size, size, 3], class index).
+    """
+    image = _background(rng, size)
+    kind = int(rng.integers(0, len(CLASS_NAMES)))
+    w, h = _sample_size(rng, object_scale)
+    fit = min(1.0, 0.9 * size / max(w, h))
+    w, h = w * fit, h * fit
+    box = (rng.uniform(0, size - w), rng.uniform(0, size - h), w, h)
+    return _draw_objects(rng, image, [(kind, box)], object_scale), kind
+
+
+def _draw_objects(rng, image: np.ndarray, objects, scale: float) -> np.ndarray:
+    """Draws ``objects`` on float ``image`` [size, size, 3] and adds the sensor noise; uint8."""
+    size = image.shape[0]
     for kind, box in objects:
         x, y, w, h = box
         left, top = int(math.floor(x)), int(math.floor(y))
@@ -224,7 +246,7 @@ def render_image(rng, size: int, object_scale: float | None = None) -> tuple[np.
         colour = _pick_colour(rng, under)
         image[top:bottom, left:right] = window * (1 - alpha) + colour * alpha
     image += NOISE_SIGMA * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), objects
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def _categories() -> list[dict]:

@@ -1,11 +1,15 @@
 """ResNet backbones returning C1..C5 (strides 2, 4, 8, 16, 32).
 
 Layer names follow keras.applications (``conv1_conv``, ``conv2_block1_1_conv``, ...) so a
-width-1.0 ResNet-50/101 can take ImageNet weights from ``keras.applications`` by name. Every
+width-1.0 ResNet-50/101 can take ImageNet weights from ``keras.applications`` by name. Any
+backbone can instead load a ``.weights.h5`` file written by ``msad pretrain`` (the shipped ones
+are in ``msad_tf/weights/``). Every
 stride-2 op gives ceil(n / 2) outputs, so an input of any size and its stride-k subsample produce
 aligned pyramids.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import keras
 
@@ -20,6 +24,8 @@ _STAGES = {
 }
 _APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101"}
 _BN_EPSILON = 1.001e-5
+APPLICATION_WEIGHTS = ("imagenet",)
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 def _norm(name: str, norm: str, momentum: float = DETECTRON2_BN_MOMENTUM, fused: bool = True):
@@ -92,14 +98,15 @@ def build_resnet(
     C1 has stride 2 (stem conv), C2..C5 strides 4..32 with ``stage_channels(name, width)``
     channels. ``bn_momentum`` is Keras's (0.9 = PyTorch's 0.1, Detectron2's default).
     ``weights="imagenet"`` loads keras.applications weights by layer name (width 1.0
-    ResNet-50/101 only; needs a network the first time).
+    ResNet-50/101 only; needs a network the first time); any other value is a file written by
+    ``msad pretrain`` for this backbone and width (``resolve_backbone_weights``).
     """
     if name not in _STAGES:
         raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(_STAGES)}")
-    if weights is not None and (name not in _APPLICATIONS or width != 1.0):
+    if weights in APPLICATION_WEIGHTS and (name not in _APPLICATIONS or width != 1.0):
         raise ValueError(
-            f"pretrained weights are available for width-1.0 {', '.join(_APPLICATIONS)} only, "
-            f"not {name} at width {width}"
+            f"{weights} weights are available for width-1.0 {', '.join(_APPLICATIONS)} only, "
+            f"not {name} at width {width} (`msad pretrain` makes weights for any backbone)"
         )
     kind, blocks = _STAGES[name]
 
@@ -126,9 +133,62 @@ def build_resnet(
             in_channels = out_channels
         outputs.append(x)
     model = keras.Model(inputs, outputs, name=f"{name}_w{width}")
-    if weights is not None:
+    if weights in APPLICATION_WEIGHTS:
         load_application_weights(model, name, weights)
+    elif weights is not None:
+        load_backbone_weights(model, resolve_backbone_weights(weights))
     return model
+
+
+def save_backbone_weights(model: keras.Model, path) -> None:
+    """Every weighted layer of ``model`` as HDF5 group ``<layer name>`` with datasets ``0..n-1``
+    (that layer's ``get_weights()``)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["model"] = model.name
+        for layer in model.layers:
+            if layer.weights:
+                group = f.create_group(layer.name)
+                for i, array in enumerate(layer.get_weights()):
+                    group.create_dataset(str(i), data=array)
+
+
+def load_backbone_weights(model: keras.Model, path) -> None:
+    """Set every weighted layer of ``model`` from a ``save_backbone_weights`` file; raises
+    ValueError unless the file holds exactly those layers with those shapes."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        layers = [layer for layer in model.layers if layer.weights]
+        names = {layer.name for layer in layers}
+        if set(f.keys()) != names or any(
+            [f[layer.name][str(i)].shape for i in range(len(layer.weights))]
+            != [tuple(w.shape) for w in layer.weights] for layer in layers
+        ):
+            raise ValueError(
+                f"backbone weights {path} (made for {f.attrs.get('model', '?')}) do not fit "
+                f"{model.name}"
+            )
+        for layer in layers:
+            layer.set_weights([f[layer.name][str(i)][()] for i in range(len(layer.weights))])
+
+
+def resolve_backbone_weights(weights: str) -> str:
+    """A file of backbone weights: ``weights`` if it is a file, else the shipped
+    ``msad_tf/weights/<weights>.weights.h5``."""
+    path = Path(weights)
+    if path.is_file():
+        return str(path)
+    name = weights if weights.endswith(".weights.h5") else weights + ".weights.h5"
+    shipped = WEIGHTS_DIR / name
+    if shipped.is_file():
+        return str(shipped)
+    available = sorted(p.name[: -len(".weights.h5")] for p in WEIGHTS_DIR.glob("*.weights.h5"))
+    raise FileNotFoundError(
+        f"backbone weights '{weights}': no such file and not one of the shipped ones "
+        f"({', '.join(available) or 'none'}); `msad pretrain` makes them"
+    )
 
 
 def load_application_weights(model: keras.Model, name: str, weights: str) -> int:

@@ -22,6 +22,13 @@ def conv_tower(name: str, channels: int, num_convs: int, gn_groups: int | None, 
     return layers
 
 
+def run_tower(tower: list, feature):
+    """``feature`` [B, h, w, C] through the layers of a ``conv_tower``: [B, h, w, channels]."""
+    for layer in tower:
+        feature = layer(feature)
+    return feature
+
+
 def prior_bias(prior_prob: float) -> float:
     """Classification bias whose sigmoid is ``prior_prob`` (Lin et al.'s prior initialisation)."""
     return -math.log((1 - prior_prob) / prior_prob)
@@ -98,12 +105,8 @@ class FCOSHead(keras.layers.Layer):
             raise ValueError(f"head built for {self.num_levels} levels, got {len(features)}")
         outputs = []
         for i, feature in enumerate(features):
-            cls = feature
-            for layer in self.cls_tower:
-                cls = layer(cls)
-            box = feature
-            for layer in self.box_tower:
-                box = layer(box)
+            cls = run_tower(self.cls_tower, feature)
+            box = run_tower(self.box_tower, feature)
             outputs.append(
                 {
                     "cls_logits": self.cls_logits(cls),

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from msad_tf.modeling.boxes import level_locations
-from msad_tf.modeling.head import conv_tower, prior_bias
+from msad_tf.modeling.head import conv_tower, prior_bias, run_tower
 from msad_tf.modeling.postprocess import (
     PostprocessConfig,
     clip_candidates,
@@ -217,12 +217,8 @@ class RetinaNetHead(keras.layers.Layer):
     def call(self, features):
         outputs = []
         for feature in features:
-            cls = feature
-            for layer in self.cls_tower:
-                cls = layer(cls)
-            box = feature
-            for layer in self.box_tower:
-                box = layer(box)
+            cls = run_tower(self.cls_tower, feature)
+            box = run_tower(self.box_tower, feature)
             outputs.append({"cls_logits": self.cls_logits(cls), "box_reg": self.box_pred(box)})
         return outputs
 

@@ -138,6 +138,17 @@ def read_categories(run_dir: str | Path) -> tuple[list[int], list[str]]:
     return data["ids"], data["names"]
 
 
+def without_init_weights(config: Config) -> Config:
+    """``config`` for rebuilding a trained model: the backbone's initial weights are not loaded
+    again (the run's weights replace them; no download, no weights file needed) and the input
+    normalisation they implied is kept."""
+    from msad_tf.data.preprocess import resolve_input_norm
+
+    config.model.input_norm = resolve_input_norm(config.model)
+    config.model.backbone_weights = None
+    return config
+
+
 def load_run(run_dir: str | Path, weights: str | Path | None = None):
     """Rebuild a run's model with its final (or the given) weights.
 
@@ -147,7 +158,7 @@ def load_run(run_dir: str | Path, weights: str | Path | None = None):
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise ConfigError(f"{config_path} missing: is {run_dir} a msad run directory?")
-    config = load_config(config_path)
+    config = without_init_weights(load_config(config_path))
     ids, names = read_categories(run_dir)
     model = build_model(config, len(ids))
     weights = Path(weights) if weights else run_dir / WEIGHTS_FILE
