@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from msad_tf.resolution import input_geometry  # noqa: F401  (re-exported)
+
 IMAGE_MEAN = (123.675, 116.28, 103.53)
 IMAGE_STD = (58.395, 57.12, 57.375)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -49,24 +51,6 @@ def normalize_image(image, input_norm: str = "imagenet_std"):
     if input_norm != "imagenet_std":
         raise ValueError(f"input_norm '{input_norm}': choose {' or '.join(INPUT_NORMS)}")
     return (image - tf.constant(IMAGE_MEAN, tf.float32)) / tf.constant(IMAGE_STD, tf.float32)
-
-
-def input_geometry(config, resolution: str) -> tuple[int, int, int]:
-    """How the images of ``resolution`` are made: (short_side, max_side, stride).
-
-    The original image is resized to short_side/max_side (``resize_image``), normalised and
-    zero padded; the network then reads ``network_input`` of that batch with ``stride``.
-    ``high``: (H sides, 1). ``low`` with ``eval.low_input`` ``subsample`` (the operator every
-    model trains its low-resolution branch on): (H sides, k). ``low`` with ``resize``: (L sides,
-    1), an antialiased resize straight to L = H / k.
-    """
-    if resolution == "high":
-        return (*config.high_resolution(), 1)
-    if resolution != "low":
-        raise ValueError(f"unknown resolution '{resolution}': choose high or low")
-    if config.eval.low_input == "subsample":
-        return (*config.high_resolution(), int(config.model.k))
-    return (*config.low_resolution(), 1)
 
 
 def network_input(images, image_sizes, stride: int):

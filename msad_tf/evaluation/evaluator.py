@@ -7,20 +7,8 @@ import numpy as np
 from msad_tf.evaluation.coco_eval import evaluate_coco, to_coco_results
 
 
-def model_branches(model, resolution):
-    """(row label, inference branch) pairs to evaluate for a model at a resolution."""
-    branches = getattr(model, "inference_branches", None)
-    if branches is None:
-        return [(resolution, None)]
-    return [(f"{b}@{resolution}" if b != "fused" else "fused", b) for b in branches(resolution)]
-
-
-def resolution_for(config, name: str) -> tuple[int, int, int]:
-    """(short_side, max_side, stride) of a resolution name (``input_geometry``): ``high`` = H;
-    ``low`` = H / k, made as ``eval.low_input`` says."""
-    from msad_tf.data.preprocess import input_geometry
-
-    return input_geometry(config, name)
+from msad_tf.resolution import branches_for as model_branches  # noqa: F401  (re-exported)
+from msad_tf.resolution import input_geometry as resolution_for  # noqa: F401  (re-exported)
 
 
 def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, pad_multiple=256,

@@ -26,17 +26,16 @@ from pathlib import Path
 import tensorflow as tf
 
 from msad_tf.data.preprocess import (
-    input_geometry,
     network_input,
     normalize_image,
     pad_to_multiple,
     resize_image,
     resolve_input_norm,
 )
+from msad_tf.resolution import RESOLUTIONS, deploy_resolution, input_geometry
 
 EXPORT_INFO_FILE = "msad_export.json"
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
-RESOLUTIONS = ("high", "low")
 _PREPARED = (tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([2], tf.int32))
 """Signature of one image after ``_prepare``: padded normalised image, resized (h, w)."""
 
@@ -75,19 +74,6 @@ class ExportSpec:
         """Smallest padded side that holds any resized image: ceil(max_side / m) * m with
         m = ``input_multiple``."""
         return -(-self.max_side // self.input_multiple) * self.input_multiple
-
-
-def deploy_resolution(model, config) -> str:
-    """The resolution a run is deployed at: the model's ``deploy_resolution`` attribute if it has
-    one, ``low`` for a student of a low-res input (or a single-resolution model trained on
-    low-res input), else ``high``."""
-    resolution = getattr(model, "deploy_resolution", None)
-    if resolution:
-        return resolution
-    mode = config.train.mode
-    if (mode == "student" and config.train.student_input == "low") or (mode == "single" and config.train.input == "low"):
-        return "low"
-    return "high"
 
 
 def export_spec(model, config, resolution: str | None = None, pad_multiple: int | None = None) -> ExportSpec:

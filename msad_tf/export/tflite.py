@@ -43,6 +43,7 @@ from msad_tf.export.saved_model import (
     read_export_info,
 )
 from msad_tf.modeling.postprocess import image_candidates
+from msad_tf.resolution import is_multi_branch, resolve_branch
 
 #: The raw outputs of an FCOS model (other detectors: their head's output keys).
 RAW_OUTPUT_KEYS = ("cls_logits", "box_reg", "centerness")
@@ -52,10 +53,9 @@ FLOAT_SCOPE = "msad_float_postprocess"
 def head_outputs_at(model, images, shift: int, lite_head: bool = False):
     """Head outputs per level of the branch ``model.detect`` runs at ``shift`` (the fused branch
     of a MultiScaleTeacher at shift 0); ``lite_head``: through ``lite_head_outputs``."""
-    resolve = getattr(model, "resolve_branch", None)
     features = None
-    if resolve is not None:
-        branch, shift = resolve(None, shift)
+    if is_multi_branch(model):
+        branch, shift = resolve_branch(model, None, shift)
         if branch == "fused":
             features = model.fused_features(images)
     if features is None:

@@ -42,6 +42,7 @@ from msad_tf.modeling.postprocess import (
     select_detections,
 )
 from msad_tf.modeling.pyramid import AlignedPyramid
+from msad_tf.resolution import shift_for
 
 TRAIN_MODES = ("single", "vanilla_multiscale", "aligned")
 #: arch -> (detector class, multi-scale fusion teacher class), as "module:Class".
@@ -250,10 +251,8 @@ class Detector(keras.Model):
         )
 
     def shift_for(self, resolution: str) -> int:
-        """Pyramid shift to read at a resolution: aligned models read the shifted levels at L."""
-        if resolution == "low" and self.reads_shifted_levels:
-            return self.pyramid.shift
-        return 0
+        """Pyramid shift read at a resolution (``msad_tf.resolution.shift_for``)."""
+        return shift_for(self, resolution)
 
     def detect_function(self, shift: int | None = None):
         """A cached tf.function of ``detect`` for one shift: (images, image_sizes) -> dict."""

@@ -31,9 +31,9 @@ import tensorflow as tf
 from msad_tf.keras_private import nested_layers
 from msad_tf.modeling.detector import FCOSDetector, model_config_from
 from msad_tf.modeling.fusion import PyramidFusion
+from msad_tf.resolution import INFERENCE_BRANCHES, branches_for, resolve_branch  # noqa: F401
 
 STAGES = ("joint", "align", "fusion")
-INFERENCE_BRANCHES = ("fused", "high", "low")
 
 
 class MultiScaleTeacherMixin:
@@ -140,31 +140,15 @@ class MultiScaleTeacherMixin:
         return self.head_outputs(self.fused_features(images, training))
 
     # ----------------------------------------------------------------------------- inference
-    def resolve_branch(self, branch: str | None, shift: int | None) -> tuple[str, int]:
-        """(branch, shift) that ``detect`` runs.
+    multi_branch = True
 
-        ``branch`` None means ``fused`` for shift None/0 and ``low`` for a non-zero shift, so
-        callers that only pass ``shift_for(resolution)`` get the right branch. ``fused`` always
-        reads shift 0 (P3..P7 of the input and the shifted levels of its subsample); ``high``
-        defaults to shift 0 and ``low`` to shift m.
-        """
-        if branch is None:
-            branch = "fused" if not shift else "low"
-        if branch not in INFERENCE_BRANCHES:
-            raise ValueError(f"branch '{branch}': choose one of {', '.join(INFERENCE_BRANCHES)}")
-        if branch == "fused":
-            if shift:
-                raise ValueError(
-                    f"the fused branch takes the high-resolution input (shift 0), got shift {shift}"
-                )
-            return branch, 0
-        if shift is None:
-            shift = 0 if branch == "high" else self.pyramid.shift
-        return branch, int(shift)
+    def resolve_branch(self, branch: str | None, shift: int | None) -> tuple[str, int]:
+        """(branch, shift) that ``detect`` runs (``msad_tf.resolution.resolve_branch``)."""
+        return resolve_branch(self, branch, shift)
 
     def inference_branches(self, resolution: str) -> tuple[str, ...]:
-        """Branches to evaluate at an input resolution: H -> fused and high, L -> low."""
-        return ("fused", "high") if resolution == "high" else ("low",)
+        """Branches evaluated at an input resolution: H -> fused and high, L -> low."""
+        return tuple(branch for _, branch in branches_for(self, resolution))
 
     def detect(self, images, image_sizes=None, shift: int | None = None, training=False,
                branch: str | None = None):
