@@ -322,7 +322,8 @@ def cmd_reproduce(args):
 
     run_reproduce(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
                   seeds=tuple(args.seeds), variants=not args.no_variants, plateau=not args.no_plateau,
-                  curves=not args.no_curves, jobs=args.jobs, report_only=args.report_only)
+                  curves=not args.no_curves, jobs=args.jobs, report_only=args.report_only,
+                  keep=args.keep or None, extensions=not args.no_extensions)
 
 
 _JOBS_HELP = ("runs trained at once, each in its own process (default 2: on a 2-core CPU the small models' "
@@ -509,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plateau", action="store_true", help="skip the 2x-budget plateau runs")
     p.add_argument("--no-curves", action="store_true", help="skip AP of the epoch checkpoints")
     p.add_argument("--jobs", type=int, default=2, help=_JOBS_HELP)
+    p.add_argument("--no-extensions", action="store_true",
+                   help="skip same-resolution SKD (3 seeds), the SKD paper's Fig. 7 and RetinaNet's Table 4")
+    p.add_argument("--keep", default="docs/results/reproduce_runs",
+                   help="where each finished run's evaluations and history are copied (kept in the "
+                        "repository; the report reads them when OUT lacks a run); '' for nowhere")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report of the runs finished so far")
     p.set_defaults(func=cmd_reproduce)

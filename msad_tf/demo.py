@@ -102,9 +102,9 @@ def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, j
     tasks = []
     for name, label, run_overrides, _ in runs_to_do:
         run_dir = out / name
-        if not force and (run_dir / runs.WEIGHTS_FILE).is_file():
-            continue
         overrides = base + [o.format(out=out) for o in run_overrides]
+        if not force and runs.is_finished(run_dir, load_config(config_path, overrides)):
+            continue
         teacher = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("train.teacher_run=")), None)
         ready = (lambda path: lambda: path is None or (path / runs.WEIGHTS_FILE).is_file())(teacher)
         tasks.append(Task(name, _train_run, (str(config_path), overrides, run_dir), log=out / f"{name}.log",
@@ -153,7 +153,7 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
         run_dir = out / name
         steps.add(config.train.epochs * config.train.steps_per_epoch)
         low_sides.add(config.low_resolution()[0])
-        if force or not (run_dir / runs.WEIGHTS_FILE).is_file():
+        if force or not runs.is_finished(run_dir, config):
             print(f"== training {label} ({config.train.epochs} epochs x {config.train.steps_per_epoch} steps)",
                   flush=True)
             t = time.time()

@@ -4,7 +4,8 @@ One resumable command: every run lives in OUT/<name>_s<seed>; a finished run (it
 model.weights.h5) is reused, an interrupted one resumes from its step backup, and every
 evaluation is cached in RUN/reproduce_eval.json. Runs are ordered so that an interrupted
 reproduction has the claims' rows first: the seeded core (Tables 1 and 4 with both controls)
-seed by seed, then the plateau checks, then the seed-0 variant rows (Tables 2 and 3a).
+seed by seed, then the plateau checks, then the extensions (same-resolution SKD and RetinaNet,
+3 seeds; the SKD paper's Fig. 7, seed 0), then the seed-0 variant rows (Tables 2 and 3a).
 
 Rows (each evaluated with COCOeval on the val split; L = the subsample the models train on):
   Table 1   single, vanilla, aligned at H and L (3 seeds)
@@ -18,6 +19,12 @@ Rows (each evaluated with COCOeval on the val split; L = the subsample the model
             student with the teacher's BatchNorm in training mode (authors' code)
   plateau   single, vanilla, teacher and student at twice the budget (seed 0), and AP of the
             seed-0 core runs at each epoch checkpoint (AP against steps)
+  sr        same-resolution distillation (SKD paper): the w0.5 single-scale model teaches a w0.25
+            student at H with SKD, msad_l1 or FGFI, against the student alone (3 seeds)
+  fig7      teachers of different AP (a quarter, one and twice the budget), the same student +
+            SKD, and Pearson's r (seed 0)
+  retina    Table 4 for RetinaNet: vanilla at H and L, teacher, student and no-KD control at L
+            (3 seeds)
 
 Claims (OUT/reproduce.json, printed): a claim holds when its margin (mean difference minus
 the paper's threshold) exceeds twice the standard error of that difference over the seeds.
@@ -47,8 +54,9 @@ DATASET = {"image_size": 128, "object_scale": 0.75}
 class Run:
     """One training run of the reproduction.
 
-    ``overrides`` may use {out}, {seed}, {epochs2} (twice the epochs) and {decay2} (the LR
-    decay epochs of a run twice as long); ``evals`` are (resolution, branch) pairs.
+    ``overrides`` may use {out}, {seed}, {epochs2} (twice the epochs), {decay2} (the LR
+    decay epochs of a run twice as long) and {spe4} (a quarter of the steps per epoch);
+    ``evals`` are (resolution, branch) pairs.
     """
 
     name: str
@@ -85,6 +93,45 @@ PLATEAU = (
     Run("teacher_2x", "teacher C-FF, 2x steps", ("train.mode=teacher",) + _TWICE, _TEACHER, seeds=(0,),
         table="plateau"),
     Run("student_2x", "MSAD student, 2x steps", _student() + _TWICE, _L, seeds=(0,), table="plateau"),
+)
+
+#: The same-resolution student (issue 11): a smaller network (width 0.25, its own pre-trained
+#: backbone, 32-channel FPN) on the teacher's high-res image, taught by the single-scale w0.5
+#: model of the same seed.
+_SMALL = ("model.width=0.25", "model.backbone_weights=resnet_tiny_w0.25_synth", "model.fpn_channels=32")
+_H = (("high", None),)
+
+
+def _same_res(teacher, loss, *extra):
+    return _student(teacher, "train.student_input=high", "train.teacher_target=high", "train.student_init=none",
+                    f"train.distill_loss={loss}", *_SMALL, *extra)
+
+
+#: RetinaNet on the 128-px set: anchors of 1 x stride (8 px at P3 .. 128 px at P7) times the
+#: three scales, the FCOS size ranges' scale-down from COCO.
+_RETINA = ("model.arch=retinanet", "model.anchor_size=1.0")
+
+EXTENSIONS = (
+    Run("sr_student", "small student alone (same resolution, H)", ("train.mode=single", *_SMALL), _H, table="sr"),
+    Run("sr_student_skd", "small student + SKD (authors' code)", _same_res("single", "skd"), _H, table="sr"),
+    Run("sr_student_msad_l1", "small student + msad_l1", _same_res("single", "msad_l1"), _H, table="sr"),
+    Run("sr_student_fgfi", "small student + FGFI", _same_res("single", "fgfi"), _H, table="sr"),
+    Run("retina_vanilla", "RetinaNet vanilla multi-scale", ("train.mode=vanilla_multiscale", *_RETINA), _HL,
+        table="retina"),
+    Run("retina_teacher", "RetinaNet teacher C-FF", ("train.mode=teacher", *_RETINA), _TEACHER, table="retina"),
+    Run("retina_student", "RetinaNet MSAD student", _student("retina_teacher", *_RETINA), _L, table="retina"),
+    Run("retina_student_no_kd", "RetinaNet student without KD", _student("retina_teacher", "train.gamma=0", *_RETINA),
+        _L, table="retina"),
+)
+#: The SKD paper's Fig. 7: teachers of clearly different AP (single-scale w0.5 at a quarter, one
+#: and twice the budget), the same small student with SKD, seed 0.
+FIG7 = (
+    Run("single_quarter", "single-scale, a quarter of the steps (weak teacher)",
+        ("train.mode=single", "train.steps_per_epoch={spe4}"), _HL, seeds=(0,), table="fig7"),
+    Run("sr_student_skd_from_quarter", "small student + SKD from the weak teacher", _same_res("single_quarter", "skd"),
+        _H, seeds=(0,), table="fig7"),
+    Run("sr_student_skd_from_2x", "small student + SKD from the 2x teacher", _same_res("single_2x", "skd"),
+        _H, seeds=(0,), table="fig7"),
 )
 
 
@@ -129,7 +176,8 @@ def _variants():
     return tuple(runs)
 
 
-def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True) -> list[tuple[Run, int]]:
+def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True,
+             extensions: bool = True) -> list[tuple[Run, int]]:
     """(run, seed) in training order: the core of the first seed, the cheapest plateau check
     (single-scale at twice the budget, so that whether the budget is a plateau is known early),
     the core of the other seeds (so that every claim is judged against its seed spread), the
@@ -139,6 +187,10 @@ def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True) -> list[t
     order += plateau_runs[:1]
     order += [(run, seed) for seed in seeds[1:] for run in CORE if seed in run.seeds]
     order += plateau_runs[1:]
+    if extensions:
+        order += [(run, seed) for seed in seeds for run in EXTENSIONS if seed in run.seeds]
+        if plateau:
+            order += [(run, seed) for run in FIG7 for seed in run.seeds if seed in seeds]
     if variants:
         order += [(run, seed) for run in _variants() for seed in run.seeds if seed in seeds]
     names = {f"{run.name}_s{seed}" for run, seed in order}
@@ -146,9 +198,10 @@ def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True) -> list[t
             if _teacher_of(run.overrides) is None or _teacher_of(run.overrides).format(seed=seed) in names]
 
 
-def _format(overrides, out, seed, epochs, decay):
+def _format(overrides, out, seed, epochs, decay, steps_per_epoch=None):
     decay2 = "[" + ",".join(f"{2 * e:g}" for e in decay) + "]"
-    return [o.format(out=out, seed=seed, epochs2=2 * epochs, decay2=decay2) for o in overrides]
+    spe4 = max(1, (steps_per_epoch or 4) // 4)
+    return [o.format(out=out, seed=seed, epochs2=2 * epochs, decay2=decay2, spe4=spe4) for o in overrides]
 
 
 def _eval_key(resolution, branch, low_input, weights="final"):
@@ -244,7 +297,34 @@ def claims_from(rows, seeds) -> list[dict]:
     add("student_above_no_kd", "student above the no-KD control", v("student", "low/-"), v("student_no_kd", "low/-"))
     add("student_above_equal_training_L", "student @L above vanilla @L trained teacher + student steps",
         v("student", "low/-"), v("vanilla_equal", "low/-"))
+    alone = v("sr_student", "high/-")
+    for loss in ("skd", "msad_l1", "fgfi"):
+        add(f"same_res_{loss}_above_alone", f"same-resolution small student + {loss} above the student alone",
+            v(f"sr_student_{loss}", "high/-"), alone)
+    add("retina_student_above_vanilla_L", "RetinaNet student @L above RetinaNet vanilla @L",
+        v("retina_student", "low/-"), v("retina_vanilla", "low/-"))
+    add("retina_student_above_no_kd", "RetinaNet student above its no-KD control",
+        v("retina_student", "low/-"), v("retina_student_no_kd", "low/-"))
     return out
+
+
+#: (teacher run, its small student with SKD) pairs of the SKD paper's Fig. 7, seed 0.
+FIG7_PAIRS = (("single_quarter", "sr_student_skd_from_quarter"), ("single", "sr_student_skd"),
+              ("single_2x", "sr_student_skd_from_2x"))
+
+
+def teacher_student_points(rows) -> dict | None:
+    """Teacher AP @H against its same-resolution student's AP @H (seed 0), with Pearson's r
+    (None until two pairs are evaluated)."""
+    points = [{"teacher": t, "student": st, "teacher_AP": rows[(t, 0)]["high/-"]["AP"],
+               "student_AP": rows[(st, 0)]["high/-"]["AP"]}
+              for t, st in FIG7_PAIRS if (t, 0) in rows and (st, 0) in rows]
+    if len(points) < 2:
+        return None
+    x = np.array([p["teacher_AP"] for p in points])
+    y = np.array([p["student_AP"] for p in points])
+    r = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+    return {"points": points, "pearson_r": r}
 
 
 def _teacher_of(run_overrides) -> str | None:
@@ -256,7 +336,8 @@ def _teacher_of(run_overrides) -> str | None:
 
 def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", data_root="data/msad_synth128",
                   overrides=None, seeds=SEEDS, variants=True, plateau=True, curves=True, progress=True,
-                  keep="docs/results/reproduce_runs", jobs: int = 1, report_only: bool = False) -> dict:
+                  keep="docs/results/reproduce_runs", jobs: int = 1, report_only: bool = False,
+                  extensions: bool = True) -> dict:
     """Train (or reuse) every run, evaluate, and write OUT/reproduce.{json,md} and the plots.
 
     ``keep``: a directory (kept in the repository) where each finished run's evaluations
@@ -278,7 +359,8 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     if not Path(data_root, "annotations", "instances_val.json").is_file():
         print(f"== generating the embedded dataset in {data_root} ({DATASET})")
         make_synthetic_dataset(data_root, **DATASET)
-    plan = _Plan(config_path, out, data_root, list(overrides or []), tuple(seeds), variants, plateau, curves, keep)
+    plan = _Plan(config_path, out, data_root, list(overrides or []), tuple(seeds), variants, plateau, curves, keep,
+                 extensions)
     start = time.time()
     if jobs > 1 and not report_only:
         _run_parallel(plan, jobs, progress, lambda: plan.collect(base_config, train=False))
@@ -292,13 +374,14 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
 class _Plan:
     """The runs of one reproduction, where they live, and how each is produced."""
 
-    def __init__(self, config_path, out, data_root, overrides, seeds, variants, plateau, curves, keep):
+    def __init__(self, config_path, out, data_root, overrides, seeds, variants, plateau, curves, keep,
+                 extensions=True):
         self.args = (config_path, str(out), data_root, overrides, seeds, variants, plateau, curves,
                      str(keep) if keep else None)
         self.config_path, self.out, self.data_root, self.overrides = config_path, Path(out), data_root, overrides
         self.seeds, self.curves = seeds, curves
         self.keep = Path(keep) if keep else None
-        self.order = all_runs(seeds, variants, plateau)
+        self.order = all_runs(seeds, variants, plateau, extensions)
         self.by_name = {f"{run.name}_s{seed}": (run, seed) for run, seed in self.order}
         self.seconds: dict[str, float] = {}
         self._val = None
@@ -315,7 +398,7 @@ class _Plan:
             if self._base is None:
                 self._base = load_config(self.config_path, common)
             extra = _format(run.overrides, self.out, seed, self._base.train.epochs,
-                            self._base.train.lr_decay_epochs)
+                            self._base.train.lr_decay_epochs, self._base.train.steps_per_epoch)
             self._configs[key] = load_config(self.config_path, common + extra + [f"train.seed={seed}"])
         return copy.deepcopy(self._configs[key])
 
@@ -336,7 +419,7 @@ class _Plan:
     def has_weights(self, key) -> bool:
         from msad_tf.training import runs
 
-        return (self.out / key / runs.WEIGHTS_FILE).is_file()
+        return runs.is_finished(self.out / key, self.config_of(key))
 
     def wants_curve(self, key) -> bool:
         run, seed = self.by_name[key]
@@ -516,6 +599,7 @@ def summarize(rows, labels, seeds, curves, config, seconds) -> dict:
         "seeds": list(seeds),
         "table": table,
         "claims": claims_from(rows, seeds),
+        "fig7": teacher_student_points(rows),
         "curves": curves,
         "train_seconds": seconds,
     }
@@ -525,6 +609,9 @@ _TABLES = (("1", "Table 1: multi-scale training"), ("2", "Table 2a/2b: fusion te
            ("2c", "Table 2c: teacher choices"), ("3a", "Table 3a: distillation losses"),
            ("4", "Table 4: the student"), ("controls", "Controls the paper never reports"),
            ("kd", "KD candidates: what could make KD beat the no-KD control (seed 0)"),
+           ("sr", "Same-resolution distillation: w0.5 single-scale teacher -> w0.25 student at H (SKD paper)"),
+           ("fig7", "SKD paper Fig. 7: teachers of different AP, the same small student + SKD (seed 0)"),
+           ("retina", "Table 4 for RetinaNet"),
            ("plateau", "Plateau check: twice the budget (seed 0)"))
 _COLUMNS = (("high/-", "@H"), ("low/-", "@L"), ("high/fused", "fused @H"), ("high/high", "H branch @H"),
             ("low/low", "L branch @L"))
@@ -562,6 +649,12 @@ def format_report(result) -> str:
                          if k in e["rows"]]
                 lines.append(f"- {e['label']}: " + ", ".join(parts))
         lines.append("")
+    fig7 = result.get("fig7")
+    if fig7:
+        lines += ["### Teacher AP against student AP (SKD paper Fig. 7, seed 0)", ""]
+        lines += [f"- {p['teacher']} {p['teacher_AP']:.2f} -> {p['student']} {p['student_AP']:.2f}"
+                  for p in fig7["points"]]
+        lines += [f"- Pearson r = {fig7['pearson_r']:.2f} over {len(fig7['points'])} teachers", ""]
     for key, message in (result.get("diverged") or {}).items():
         lines.append(f"- **{key} diverged** (not in the tables): {message}")
     lines += ["", "### Claims (holds: margin above 2 standard errors of the difference over seeds)", ""]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import h5_arrays, tiny_train_config
-from msad_tf.config import ModelConfig
+from msad_tf.config import ConfigError, ModelConfig
 from msad_tf.data.preprocess import resolve_input_norm
 from msad_tf.data.synthetic import CLASS_NAMES, render_object_image
 from msad_tf.modeling.backbone import (
@@ -72,7 +72,7 @@ def test_pretrain_writes_weights_and_record(tmp_path):
         pretrain_backbone(str(tmp_path / "bad.h5"))
 
 
-def test_a_run_reloads_without_its_init_weights_file(tmp_path, tiny_data):
+def test_a_run_reloads_without_its_init_weights_file_and_is_reused_only_with_its_config(tmp_path, tiny_data):
     from msad_tf.training import runs
     from msad_tf.training.train import train
 
@@ -80,6 +80,12 @@ def test_a_run_reloads_without_its_init_weights_file(tmp_path, tiny_data):
     save_backbone_weights(build_resnet("resnet_tiny", 0.25, "bn"), init)
     config = tiny_train_config(tiny_data, model=dict(backbone_weights=str(init)), epochs=1, steps_per_epoch=1)
     train(config, tmp_path / "run", progress=False)
+    assert runs.is_finished(tmp_path / "run", config)
+    assert not runs.is_finished(tmp_path / "elsewhere", config)
+    changed = tiny_train_config(tiny_data, model=dict(backbone_weights=str(init)), epochs=1, steps_per_epoch=1,
+                                base_lr=0.5)
+    with pytest.raises(ConfigError, match=r"another config \(train.base_lr: 0.01 -> 0.5\); retrain"):
+        runs.is_finished(tmp_path / "run", changed)
     init.unlink()
     loaded, model, _, _ = runs.load_run(tmp_path / "run")
     assert loaded.model.backbone_weights is None

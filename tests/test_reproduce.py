@@ -84,7 +84,7 @@ def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
 
     path = write_tiny_yaml(tmp_path / "tiny.yaml")
     out, keep = tmp_path / "out", tmp_path / "keep"
-    first = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0, 1), variants=False, plateau=False,
+    first = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0, 1), variants=False, plateau=False, extensions=False,
                                     progress=False, keep=keep)
     assert {c["claim"] for c in first["claims"]} >= {"aligned_L_above_vanilla_L", "student_above_no_kd"}
     assert (out / "reproduce_curves.png").is_file() and (out / "reproduce_claims.png").is_file()
@@ -97,18 +97,18 @@ def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr("msad_tf.training.train.train", fail)
     monkeypatch.setattr("msad_tf.evaluation.evaluator.evaluate_model", fail)
-    second = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0, 1), variants=False, plateau=False,
+    second = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0, 1), variants=False, plateau=False, extensions=False,
                                      progress=False, keep=keep)
     assert json.dumps(second["claims"], sort_keys=True) == json.dumps(first["claims"], sort_keys=True)
     third = reproduce.run_reproduce(path, tmp_path / "elsewhere", str(tiny_data), seeds=(0, 1), variants=False,
-                                    plateau=False, progress=False, keep=keep)
+                                    plateau=False, extensions=False, progress=False, keep=keep)
     assert json.dumps(third["claims"], sort_keys=True) == json.dumps(first["claims"], sort_keys=True)
     assert third["curves"] == first["curves"] and first["curves"]["student"]
     report = reproduce.run_reproduce(path, tmp_path / "report", str(tiny_data), seeds=(0, 1), variants=False,
-                                     plateau=False, progress=False, keep=keep, report_only=True)
+                                     plateau=False, extensions=False, progress=False, keep=keep, report_only=True)
     assert json.dumps(report["claims"], sort_keys=True) == json.dumps(first["claims"], sort_keys=True)
     empty = reproduce.run_reproduce(path, tmp_path / "empty", str(tiny_data), seeds=(0, 1), variants=False,
-                                    plateau=False, progress=False, keep=None, report_only=True)
+                                    plateau=False, extensions=False, progress=False, keep=None, report_only=True)
     assert empty["table"] == {}
 
 
@@ -120,7 +120,7 @@ def test_parallel_reproduction_trains_each_run_once_after_its_teacher(tiny_data,
 
     path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
     out = tmp_path / "out"
-    first = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0,), variants=False, plateau=False,
+    first = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0,), variants=False, plateau=False, extensions=False,
                                     progress=False, keep=None, jobs=2)
     names = [run.name for run in reproduce.CORE]
     assert set(first["table"]) == set(names)
@@ -135,6 +135,50 @@ def test_parallel_reproduction_trains_each_run_once_after_its_teacher(tiny_data,
 
     monkeypatch.setattr("msad_tf.training.train.train", fail)
     monkeypatch.setattr("msad_tf.evaluation.evaluator.evaluate_model", fail)
-    second = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0,), variants=False, plateau=False,
+    second = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0,), variants=False, plateau=False, extensions=False,
                                      progress=False, keep=None)
     assert json.dumps(second["table"], sort_keys=True) == json.dumps(first["table"], sort_keys=True)
+
+
+def test_extension_rows_follow_the_core_and_read_the_right_rows():
+    names = [f"{run.name}_s{seed}" for run, seed in reproduce.all_runs()]
+    assert names.index("student_2x_s0") < names.index("sr_student_s0") < names.index("teacher_sigmoid_s0")
+    assert names.index("retina_teacher_s2") < names.index("retina_student_s2")
+    assert names.index("single_2x_s0") < names.index("sr_student_skd_from_2x_s0")
+    assert "sr_student_s0" not in [f"{r.name}_s{s}" for r, s in reproduce.all_runs(extensions=False)]
+    rows = {}
+    for seed in (0, 1, 2):
+        rows[("sr_student", seed)] = {"high/-": {"AP": 40.0 + seed}}
+        rows[("sr_student_skd", seed)] = {"high/-": {"AP": 42.0 + seed}}
+        rows[("retina_vanilla", seed)] = {"high/-": {"AP": 30.0}, "low/-": {"AP": 20.0 + seed}}
+        rows[("retina_student", seed)] = {"low/-": {"AP": 23.0 + seed}}
+    claims = {c["claim"]: c for c in reproduce.claims_from(rows, (0, 1, 2))}
+    assert claims["same_res_skd_above_alone"]["difference"] == pytest.approx(2.0)
+    assert claims["retina_student_above_vanilla_L"]["difference"] == pytest.approx(3.0)
+    assert "same_res_fgfi_above_alone" not in claims
+    assert reproduce.teacher_student_points(rows) is None
+    rows[("single_quarter", 0)] = {"high/-": {"AP": 30.0}}
+    rows[("sr_student_skd_from_quarter", 0)] = {"high/-": {"AP": 35.0}}
+    rows[("single", 0)] = {"high/-": {"AP": 50.0}}
+    rows[("single_2x", 0)] = {"high/-": {"AP": 55.0}}
+    rows[("sr_student_skd_from_2x", 0)] = {"high/-": {"AP": 44.0}}
+    fig7 = reproduce.teacher_student_points(rows)
+    assert [p["student_AP"] for p in fig7["points"]] == [35.0, 42.0, 44.0]
+    assert fig7["pearson_r"] == pytest.approx(np.corrcoef([30, 50, 55], [35, 42, 44])[0, 1])
+
+
+@pytest.mark.slow
+def test_tiny_extension_rows_train_and_evaluate(tiny_data, tmp_path):
+    """Seed 0 of the same-resolution and RetinaNet rows on the tiny dataset (the shipped w0.25
+    backbone in the small student), each evaluated where the report reads it."""
+    from conftest import write_tiny_yaml
+
+    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
+    result = reproduce.run_reproduce(path, tmp_path / "out", str(tiny_data), seeds=(0,), variants=False,
+                                     plateau=False, progress=False, keep=None)
+    table = result["table"]
+    for run in reproduce.EXTENSIONS:
+        assert run.name in table, run.name
+    assert set(table["sr_student_skd"]["rows"]) == {"high/-"}
+    assert set(table["retina_teacher"]["rows"]) == {"high/fused", "high/high", "low/low"}
+    assert {c["claim"] for c in result["claims"]} >= {"same_res_skd_above_alone", "retina_student_above_no_kd"}

@@ -109,6 +109,48 @@ def has_trained_weights(run_dir: str | Path) -> bool:
     )
 
 
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(run_dir: str | Path, config: Config) -> list[str]:
+    """Keys whose value in RUN_DIR/config.yaml differs from ``config`` (a teacher run is compared
+    by its directory name, so a moved reproduction still matches)."""
+    saved = _flat(load_config(Path(run_dir) / CONFIG_FILE).to_dict())
+    wanted = _flat(config.to_dict())
+    for flat in (saved, wanted):
+        if flat.get("train.teacher_run"):
+            flat["train.teacher_run"] = Path(flat["train.teacher_run"]).name
+    return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+
+
+def is_finished(run_dir: str | Path, config: Config) -> bool:
+    """Whether RUN_DIR holds the final weights of a run trained with ``config`` (to be reused).
+
+    Raises ConfigError when it holds final weights trained with another config, naming the keys,
+    so that a changed config never silently reuses an old model."""
+    run_dir = Path(run_dir)
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        return False
+    differences = config_differences(run_dir, config)
+    if differences:
+        saved = _flat(load_config(run_dir / CONFIG_FILE).to_dict())
+        wanted = _flat(config.to_dict())
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in differences[:4])
+        more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
+        raise ConfigError(
+            f"{run_dir} holds a model trained with another config ({shown}{more}); retrain it "
+            "(--force, or delete the directory) or use another output directory"
+        )
+    return True
+
+
 def record_train_data(run_dir: str | Path, dataset) -> None:
     """Before training into ``run_dir``: refuse a run directory that holds a model trained on
     other categories, then write categories.json and ``dataset.summary()`` (images, boxes,
