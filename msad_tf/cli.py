@@ -284,7 +284,7 @@ def cmd_benchmark(args):
             print(format_process_benchmark(result[mode]), flush=True)
     else:
         result = benchmark_train(config, modes=args.modes, steps=args.steps, speedups=args.speedups,
-                                 rounds=args.rounds, losses=args.losses)
+                                 rounds=args.rounds, losses=args.losses, compare=args.compare)
         print(format_train_benchmark(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -452,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     speedups = ("fused_bn", "batch_heads", "precision", "jit_compile")
     b.add_argument("--speedups", nargs="*", default=list(speedups), choices=list(speedups),
                    help="speed-ups to switch one at a time (besides 'default' and 'before')")
+    b.add_argument("--compare", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config overrides timed as extra variants of every mode, with their step time "
+                        "over the default's, e.g. --compare model.arch=retinanet")
     b.add_argument("--losses", nargs="+", default=[], metavar="LOSS",
                    help="distillation losses timed as extra variants of the student mode, with their "
                         "step time over the default loss's, e.g. --losses skd fgfi")

@@ -311,3 +311,31 @@ def test_benchmark_train_times_distillation_losses_against_the_default(tiny_data
     assert set(students) == {"default", "before", "loss skd"}
     assert students["loss skd"]["relative_to_default"] == pytest.approx(
         students["loss skd"]["step_seconds"] / students["default"]["step_seconds"])
+
+
+def test_benchmark_builds_the_configured_detector_for_every_mode(tiny_data):
+    """``msad benchmark train`` times RetinaNet's teacher and distillation steps, not FCOS's."""
+    from msad_tf.evaluation.benchmark import _build_for_step
+    from msad_tf.modeling.retinanet_detector import RetinaNetDetector, RetinaNetTeacher
+    from msad_tf.training.runs import build_model
+    from conftest import tiny_train_config
+
+    config = tiny_train_config(tiny_data, model=dict(arch="retinanet"))
+    teacher = _build_for_step(config, "teacher", 6, build_model)
+    assert isinstance(teacher, RetinaNetTeacher)
+    distiller = _build_for_step(config, "student", 6, build_model)
+    assert isinstance(distiller.teacher, RetinaNetTeacher) and isinstance(distiller.student, RetinaNetDetector)
+
+
+@pytest.mark.slow
+def test_benchmark_compares_a_config_override_in_every_mode(tiny_data):
+    from msad_tf.evaluation.benchmark import benchmark_train, format_train_benchmark
+    from conftest import tiny_train_config
+
+    result = benchmark_train(tiny_train_config(tiny_data), modes=("single", "teacher"), steps=1, rounds=1,
+                             pipeline_batches=2, speedups=(), progress=False, compare=("model.arch=retinanet",))
+    for mode in ("single", "teacher"):
+        entry = result["modes"][mode]["with model.arch=retinanet"]
+        assert entry["relative_to_default"] == pytest.approx(
+            entry["step_seconds"] / result["modes"][mode]["default"]["step_seconds"])
+    assert "teacher with model.arch=retinanet" in format_train_benchmark(result)

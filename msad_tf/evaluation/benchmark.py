@@ -92,7 +92,7 @@ def _build_for_step(config, mode, num_classes, build_model):
 
 def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches: int = 20,
                     build_model=None, progress=True, speedups=tuple(SPEEDUPS), rounds: int = 3,
-                    losses=()) -> dict:
+                    losses=(), compare=()) -> dict:
     """Pipeline images/s and per-mode train-step images/s, with and without each speed-up.
 
     For every mode, the step is timed as configured (``default``), as it was before the
@@ -107,6 +107,8 @@ def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches
     speedup (before / variant)}}}, and ratio_to_single / pipeline_over_single_step for the
     defaults. ``losses``: distillation losses timed as extra variants of the ``student`` mode
     (``loss <name>``, with ``relative_to_default``: its step time over the default loss's).
+    ``compare``: ``section.key=value`` overrides, each timed as an extra variant of every mode
+    (``with <override>``, with ``relative_to_default``), e.g. ``model.arch=retinanet``.
     """
     from msad_tf.training.runs import build_model as default_build
 
@@ -116,12 +118,13 @@ def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches
     tf_logger.setLevel(logging.ERROR)
     try:
         return _benchmark_train(config, modes, steps, pipeline_batches, build_model, progress, speedups, rounds,
-                                losses)
+                                losses, compare)
     finally:
         tf_logger.setLevel(level)
 
 
-def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progress, speedups, rounds, losses=()):
+def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progress, speedups, rounds, losses=(),
+                     compare=()):
     """``benchmark_train`` with TensorFlow's retracing warnings (one trace per variant) muted."""
     from msad_tf.training.train import load_split, make_train_dataset
 
@@ -152,6 +155,7 @@ def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progre
         mode_variants = dict(variants)
         if mode == "student":
             mode_variants.update({f"loss {loss}": [f"train.distill_loss={loss}"] for loss in losses})
+        mode_variants.update({f"with {override}": [override] for override in compare})
         for name, overrides in mode_variants.items():
             model = _build_for_step(_variant_config(config, overrides), mode, train_data.num_classes, build_model)
             steps_fns[name] = _step_function(model, batch)
@@ -171,7 +175,7 @@ def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progre
         for name in mode_variants:
             entry[name]["speedup"] = entry["before"]["step_seconds"] / entry[name]["step_seconds"]
             entry[name]["cpu_speedup"] = entry["before"]["cpu_seconds"] / entry[name]["cpu_seconds"]
-            if name.startswith("loss "):
+            if name.startswith(("loss ", "with ")):
                 entry[name]["relative_to_default"] = entry[name]["step_seconds"] / entry["default"]["step_seconds"]
         result["modes"][mode] = entry
         if progress:
@@ -194,19 +198,17 @@ def _cache_default(config, train_data) -> bool:
 
 
 def _benchmark_distiller(config, num_classes):
-    """A Distiller over a freshly built fusion teacher (step time does not depend on weights)."""
-    from msad_tf.losses.distillation import build_distillation_loss
-    from msad_tf.modeling.teacher import MultiScaleTeacher
-    from msad_tf.training.distiller import Distiller
-    from msad_tf.training.runs import build_student
+    """A Distiller over a freshly built ``model.arch`` fusion teacher (step time does not depend
+    on weights)."""
+    import copy
 
-    teacher = MultiScaleTeacher(config.model, num_classes)
-    student = build_student(config, num_classes)
-    loss = build_distillation_loss(config.train.distill_loss, channels=config.model.fpn_channels,
-                                   num_levels=teacher.pyramid.num_levels, num_classes=num_classes,
-                                   aligned=config.train.aligned)
-    return Distiller(teacher, student, loss, gamma=config.train.gamma, teacher_target=config.train.teacher_target,
-                     aligned=config.train.aligned, det_weight=config.det_weight())
+    from msad_tf.training.runs import build_model, build_student
+    from msad_tf.training.train import make_distiller
+
+    teacher_config = copy.deepcopy(config)
+    teacher_config.train.mode = "teacher"
+    teacher = build_model(teacher_config, num_classes)
+    return make_distiller(config, teacher, build_student(config, num_classes))
 
 
 def format_train_benchmark(result: dict) -> str:
@@ -231,7 +233,8 @@ def format_train_benchmark(result: dict) -> str:
     for mode, entries in result["modes"].items():
         for name, entry in entries.items():
             if "relative_to_default" in entry:
-                lines.append(f"{mode} {name}: {entry['relative_to_default']:.2f}x the step time of the default loss")
+                against = "the default loss" if name.startswith("loss ") else "the config as given"
+                lines.append(f"{mode} {name}: {entry['relative_to_default']:.2f}x the step time of {against}")
     if "pipeline_over_single_step" in result:
         ratios = ", ".join(f"{mode} {entries['default']['ratio_to_single']:.2f}"
                            for mode, entries in result["modes"].items())

@@ -127,8 +127,7 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
 def build_distiller(config: Config, train_data, steps_per_epoch: int = 1):
     """Distiller for ``train.mode = student``: loads the teacher run, builds and initialises
     the student, and the configured distillation loss."""
-    from msad_tf.losses.distillation import build_distillation_loss
-    from msad_tf.training.distiller import Distiller, initialize_student
+    from msad_tf.training.distiller import initialize_student
 
     t = config.train
     if not t.teacher_run:
@@ -144,6 +143,15 @@ def build_distiller(config: Config, train_data, steps_per_epoch: int = 1):
         counts = initialize_student(student, teacher)
         log.info("student initialised from the teacher: %d layers copied, %d kept", counts["copied"],
                  counts["skipped"])
+    return make_distiller(config, teacher, student, steps_per_epoch)
+
+
+def make_distiller(config: Config, teacher, student, steps_per_epoch: int = 1):
+    """The Distiller of ``teacher`` and ``student`` with the configured loss, weights and ramp."""
+    from msad_tf.losses.distillation import build_distillation_loss
+    from msad_tf.training.distiller import Distiller
+
+    t = config.train
     loss = build_distillation_loss(
         t.distill_loss,
         channels=teacher.model_config.fpn_channels,
