@@ -93,6 +93,28 @@ def _train_run(config_path, overrides, run_dir) -> None:
     train(load_config(config_path, overrides), run_dir, progress=False)
 
 
+def _reusable(run_dir: Path, config) -> bool:
+    """Whether ``run_dir`` holds this config's finished run. A run trained with another config
+    (e.g. after the demo's config changed) is moved aside to ``<run>.previous[N]``, not lost, and
+    trained again."""
+    import shutil
+
+    from msad_tf.config import ConfigError
+    from msad_tf.training import runs
+
+    try:
+        return runs.is_finished(run_dir, config)
+    except ConfigError as error:
+        aside = run_dir.with_name(run_dir.name + ".previous")
+        count = 1
+        while aside.exists():
+            count += 1
+            aside = run_dir.with_name(f"{run_dir.name}.previous{count}")
+        shutil.move(str(run_dir), str(aside))
+        print(f"== {run_dir.name}: {error}; moved to {aside}, training it again", flush=True)
+        return False
+
+
 def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, jobs: int) -> dict:
     """Trains the runs of ``runs_to_do`` that need it, ``jobs`` at a time (``training.parallel``),
     each student once its teacher's weights exist. Returns {name: seconds}."""
@@ -103,7 +125,7 @@ def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, j
     for name, label, run_overrides, _ in runs_to_do:
         run_dir = out / name
         overrides = base + [o.format(out=out) for o in run_overrides]
-        if not force and runs.is_finished(run_dir, load_config(config_path, overrides)):
+        if not force and _reusable(run_dir, load_config(config_path, overrides)):
             continue
         teacher = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("train.teacher_run=")), None)
         ready = (lambda path: lambda: path is None or (path / runs.WEIGHTS_FILE).is_file())(teacher)
@@ -153,7 +175,7 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
         run_dir = out / name
         steps.add(config.train.epochs * config.train.steps_per_epoch)
         low_sides.add(config.low_resolution()[0])
-        if force or not runs.is_finished(run_dir, config):
+        if force or not _reusable(run_dir, config):
             print(f"== training {label} ({config.train.epochs} epochs x {config.train.steps_per_epoch} steps)",
                   flush=True)
             t = time.time()
