@@ -412,13 +412,19 @@ def test_interleaved_latency_takes_turns():
 
 
 def _demo_args(exported, out):
+    """``run_demo`` arguments under which OUT/student (a copy of the tiny run) is the demo's
+    finished student: the demo config is that run's own config (a run of another config would
+    be retrained)."""
+    from msad_tf.config import load_config
     from msad_tf.demo import DEMO_RUNS
 
-    return dict(
-        config_path=Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", out=out,
-        data_root=str(exported["root"] / "data"), runs_to_do=(DEMO_RUNS[-1],),
-        overrides=["data.short_side=128", "data.max_side=128", "data.pad_multiple=128", "eval.batch_size=4"],
-    )
+    config_path = out / "demo_config.yaml"
+    config = load_config(exported["run"] / runs.CONFIG_FILE,
+                         [f"train.teacher_run={out / 'teacher'}", "train.steps_per_epoch=1"])
+    config.save(config_path)
+    config.save(out / "student" / runs.CONFIG_FILE)
+    return dict(config_path=config_path, out=out, data_root=str(exported["root"] / "data"),
+                runs_to_do=(DEMO_RUNS[-1],), overrides=[])
 
 
 def test_demo_ends_with_the_student_export(exported, tmp_path, monkeypatch):
