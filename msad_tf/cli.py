@@ -97,7 +97,8 @@ def cmd_distill(args):
 
 
 def _evaluate_run(run_dir, split, resolutions, max_images, progress=True):
-    from msad_tf.evaluation.evaluator import evaluate_model, model_branches
+    from msad_tf.evaluation.evaluator import evaluate_model
+    from msad_tf.resolution import branches_for
     from msad_tf.training import runs
     from msad_tf.training.train import load_split
 
@@ -106,7 +107,7 @@ def _evaluate_run(run_dir, split, resolutions, max_images, progress=True):
     runs.check_categories(run_dir, dataset)
     rows = {}
     for resolution in resolutions:
-        for label, branch in model_branches(model, resolution):
+        for label, branch in branches_for(model, resolution):
             metrics = evaluate_model(
                 model, dataset, config, resolution, branch=branch, max_images=max_images, progress=progress
             )
@@ -139,7 +140,8 @@ def cmd_evaluate(args):
 def _evaluate_checkpoints(args):
     """AP of every epoch checkpoint of a run (AP against training steps): a table, and
     RUN/eval_<split>_checkpoints.json {step: {row: metrics}} (or --json)."""
-    from msad_tf.evaluation.evaluator import evaluate_model, model_branches
+    from msad_tf.evaluation.evaluator import evaluate_model
+    from msad_tf.resolution import branches_for
     from msad_tf.training import runs
     from msad_tf.training.train import load_split
 
@@ -156,7 +158,7 @@ def _evaluate_checkpoints(args):
         _, model, _, _ = runs.load_run(run, path)
         rows = {}
         for resolution in args.resolutions:
-            for label, branch in model_branches(model, resolution):
+            for label, branch in branches_for(model, resolution):
                 rows[label] = evaluate_model(model, dataset, config, resolution, branch=branch,
                                              max_images=args.max_images, progress=False)
         result[step] = rows
@@ -177,8 +179,8 @@ def _evaluate_corruptions(args):
     from msad_tf.evaluation.evaluator import (
         evaluate_model,
         evaluation_batches,
-        model_branches,
     )
+    from msad_tf.resolution import branches_for
     from msad_tf.training import runs
     from msad_tf.training.train import load_split
 
@@ -190,7 +192,7 @@ def _evaluate_corruptions(args):
     dataset = load_split(config, args.split)
     runs.check_categories(args.run, dataset)
     rows_to_evaluate = [(label, resolution, branch) for resolution in args.resolutions
-                        for label, branch in model_branches(model, resolution)]
+                        for label, branch in branches_for(model, resolution)]
     total = len(rows_to_evaluate) * len(plan) * evaluation_batches(dataset, config, args.max_images)
     rows = {}
     with tqdm(total=total, unit="batch", disable=args.quiet, dynamic_ncols=True) as bar:
@@ -234,12 +236,12 @@ def _sweep(args):
 
 def cmd_predict(args):
     from msad_tf.data.preprocess import resolve_input_norm
-    from msad_tf.evaluation.evaluator import resolution_for
+    from msad_tf.resolution import input_geometry
     from msad_tf.evaluation.predict import predict_files
     from msad_tf.training import runs
 
     config, model, ids, names = runs.load_run(args.run)
-    short_side, max_side, stride = resolution_for(config, args.resolution)
+    short_side, max_side, stride = input_geometry(config, args.resolution)
     summary = predict_files(
         model, args.images, args.out, short_side=short_side, max_side=max_side,
         shift=model.shift_for(args.resolution), category_ids=ids, names=names,

@@ -34,12 +34,13 @@ DEMO_EXPORT = {"quantizations": ("none",), "warmup": 3, "repeats": 20, "num_thre
 
 def _evaluate_rows(label, model, dataset, config, resolutions):
     """({table row: metrics}, {"resolution/branch": metrics}) of a model."""
-    from msad_tf.evaluation.evaluator import evaluate_model, model_branches
+    from msad_tf.evaluation.evaluator import evaluate_model
+    from msad_tf.resolution import branches_for
 
     rows, keyed = {}, {}
     for resolution in resolutions:
         tag = "H" if resolution == "high" else "L"
-        for _, branch in model_branches(model, resolution):
+        for _, branch in branches_for(model, resolution):
             if branch == "fused":
                 row = f"{label} (H&L fused)"
             elif branch in ("high", "low"):

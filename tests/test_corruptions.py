@@ -20,6 +20,7 @@ from PIL import Image, ImageFilter
 from conftest import tiny_model_config, write_confident_run
 from msad_tf.evaluation import corruptions
 from msad_tf.evaluation.corruptions import FAMILIES, SEVERITY_CONSTANTS, Corruption, corrupt, psnr
+from msad_tf.resolution import input_geometry
 
 RANDOM_FAMILIES = ("gaussian_noise", "fog")
 
@@ -253,7 +254,7 @@ def tiny_run(tmp_path_factory):
     make_synthetic_dataset(root / "data", num_train=4, num_val=6, image_size=96, progress=False)
     run = write_confident_run(root, _run_config(root), CATEGORY_IDS, CLASS_NAMES)
     config, model, _, _ = runs.load_run(run)
-    short_side, max_side, stride = evaluator.resolution_for(config, "low")
+    short_side, max_side, stride = input_geometry(config, "low")
     results, _ = evaluator.predict_coco(
         model, load_split(config, config.data.val_split), short_side=short_side, max_side=max_side,
         shift=model.shift_for("low"), batch_size=4, pad_multiple=128, progress=False, stride=stride)

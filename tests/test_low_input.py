@@ -17,12 +17,12 @@ from conftest import tiny_model_config, write_confident_run
 from msad_tf.config import ConfigError, config_from_dict
 from msad_tf.data import CocoDataset, build_dataset
 from msad_tf.data.preprocess import (
-    input_geometry,
     network_input,
     normalize_image,
     pad_to_multiple,
     resize_image,
 )
+from msad_tf.resolution import input_geometry
 from msad_tf.data.synthetic import CATEGORY_IDS, CLASS_NAMES, make_synthetic_dataset
 from msad_tf.evaluation import evaluator
 from msad_tf.evaluation.coco_eval import evaluate_coco
@@ -171,7 +171,7 @@ def test_predict_uses_the_subsample(tiny_run, monkeypatch):
     _, results = _evaluate_capturing(monkeypatch, model, dataset, config)
     record = dataset.records[0]
     image = tf.io.decode_image(tf.io.read_file(record.path), channels=3, expand_animations=False).numpy()
-    short_side, max_side, stride = evaluator.resolution_for(config, "low")
+    short_side, max_side, stride = input_geometry(config, "low")
     boxes, scores, _ = detect_image(model, image, short_side, max_side, model.shift_for("low"),
                                     config.data.pad_multiple, stride)
     ours = sorted((r for r in results if r["image_id"] == record.image_id), key=lambda r: -r["score"])

@@ -4,15 +4,14 @@ Everything here is pure TensorFlow and graph-friendly: sizes are tensors, so the
 inside ``tf.data`` maps and inside ``tf.function`` signatures with unknown image sizes.
 Images are RGB on the 0..255 scale until ``normalize_image``.
 
-Two choices made here for every consumer (training pipeline, evaluation, predict, exports):
-``input_norm`` (how pixels are normalised) and ``input_geometry`` (how a resolution is made
-from the original image: resize, or resize to H and then the strided subsample of training).
+Decided here for every consumer (training pipeline, evaluation, predict, exports): ``input_norm``
+(how pixels are normalised). How a resolution is made from the original image (resize, or resize
+to H and then the strided subsample of training) is decided in ``msad_tf.resolution``
+(``input_geometry``); ``network_input`` applies its stride.
 """
 from __future__ import annotations
 
 import tensorflow as tf
-
-from msad_tf.resolution import input_geometry  # noqa: F401  (re-exported)
 
 IMAGE_MEAN = (123.675, 116.28, 103.53)
 IMAGE_STD = (58.395, 57.12, 57.375)

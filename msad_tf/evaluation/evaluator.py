@@ -7,8 +7,7 @@ import numpy as np
 from msad_tf.evaluation.coco_eval import evaluate_coco, to_coco_results
 
 
-from msad_tf.resolution import branches_for as model_branches  # noqa: F401  (re-exported)
-from msad_tf.resolution import input_geometry as resolution_for  # noqa: F401  (re-exported)
+from msad_tf.resolution import input_geometry
 
 
 def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, pad_multiple=256,
@@ -71,13 +70,13 @@ def evaluate_model(model, dataset, config, resolution: str = "high", shift=None,
     """COCO metrics of ``model`` on ``dataset`` at resolution ``high`` or ``low``.
 
     ``shift`` defaults to the model's own choice for that resolution (``model.shift_for``).
-    The images are made as ``resolution_for`` says and normalised with ``model.input_norm``.
+    The images are made as ``input_geometry`` says and normalised with ``model.input_norm``.
     ``corruption``: a ``corruptions.Corruption`` applied to each original image (robustness
     evaluation); ``bar``: see ``predict_coco``.
     """
     from msad_tf.data.preprocess import resolve_input_norm
 
-    short_side, max_side, stride = resolution_for(config, resolution)
+    short_side, max_side, stride = input_geometry(config, resolution)
     if shift is None:
         shift = model.shift_for(resolution)
     results, image_ids = predict_coco(

@@ -19,7 +19,8 @@ def resolution_sweep(model, dataset, config, fractions, shift, out_dir, max_imag
     """
     import matplotlib
 
-    from msad_tf.data.preprocess import input_geometry, resolve_input_norm
+    from msad_tf.data.preprocess import resolve_input_norm
+    from msad_tf.resolution import input_geometry
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

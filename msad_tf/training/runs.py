@@ -119,15 +119,17 @@ def _flat(values: dict, prefix: str = "") -> dict:
     return flat
 
 
-def config_differences(run_dir: str | Path, config: Config) -> list[str]:
-    """Keys whose value in RUN_DIR/config.yaml differs from ``config`` (a teacher run is compared
-    by its directory name, so a moved reproduction still matches)."""
+def config_differences(run_dir: str | Path, config: Config) -> dict[str, tuple]:
+    """{key: (value in RUN_DIR/config.yaml, value in ``config``)} for every key that differs, in
+    key order (a teacher run is compared by its directory name, so a moved reproduction still
+    matches)."""
     saved = _flat(load_config(Path(run_dir) / CONFIG_FILE).to_dict())
     wanted = _flat(config.to_dict())
     for flat in (saved, wanted):
         if flat.get("train.teacher_run"):
             flat["train.teacher_run"] = Path(flat["train.teacher_run"]).name
-    return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    return {k: (saved.get(k), wanted.get(k)) for k in sorted(saved.keys() | wanted.keys())
+            if saved.get(k) != wanted.get(k)}
 
 
 def is_finished(run_dir: str | Path, config: Config) -> bool:
@@ -140,9 +142,7 @@ def is_finished(run_dir: str | Path, config: Config) -> bool:
         return False
     differences = config_differences(run_dir, config)
     if differences:
-        saved = _flat(load_config(run_dir / CONFIG_FILE).to_dict())
-        wanted = _flat(config.to_dict())
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in differences[:4])
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(differences.items())[:4])
         more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
         raise ConfigError(
             f"{run_dir} holds a model trained with another config ({shown}{more}); retrain it "
