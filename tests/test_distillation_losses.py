@@ -1,19 +1,28 @@
 """Distillation-loss registry against values computed independently with numpy."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from msad_tf.losses.distillation import (
     DISTILLATION_LOSSES,
-    attention_masks,
+    DistillationLoss,
     box_mask,
     build_distillation_loss,
+    register,
 )
+from msad_tf.losses.skd import attention_masks
 from msad_tf.training.strategy import mirrored_strategy
 
 RTOL = 1e-5
 C = 2
 SHAPES = [(2, 2, 2, C), (2, 1, 1, C)]
+# The registry's order is the order of msad reproduce's and msad ablation's run plans.
+REGISTRY_ORDER = ["msad_l1", "msad_l1_norm", "msad_l1_fg", "mse", "output_kd", "fgfi", "podnet", "skd", "skd_paper"]
 
 
 def _maps(seed, shapes=SHAPES):
@@ -69,8 +78,26 @@ def test_unknown_name_and_option_list_valid_ones():
         assert name in str(err.value)
     with pytest.raises(ValueError, match="tau"):
         build_distillation_loss("msad_l1", channels=C, num_levels=2, temperature=2.0)
-    assert set(DISTILLATION_LOSSES) == {"msad_l1", "msad_l1_norm", "msad_l1_fg", "mse", "output_kd", "fgfi",
-                                        "podnet", "skd", "skd_paper"}
+
+
+def test_registry_holds_every_family_in_a_fixed_order():
+    assert list(DISTILLATION_LOSSES) == REGISTRY_ORDER
+    # entering the package through a family module gives the same order (msad_tf/losses/__init__.py)
+    code = ("import msad_tf.losses.podnet; from msad_tf.losses.distillation import DISTILLATION_LOSSES; "
+            "print(','.join(DISTILLATION_LOSSES))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == ",".join(REGISTRY_ORDER)
+
+
+def test_register_refuses_a_taken_name_and_a_non_loss():
+    with pytest.raises(ValueError, match="registered twice"):
+        register("mse")(type("OtherMSE", (DistillationLoss,), {}))
+    with pytest.raises(TypeError, match="not a DistillationLoss"):
+        register("not_a_loss")(object)
+    assert list(DISTILLATION_LOSSES) == REGISTRY_ORDER
 
 
 def test_msad_l1_hand_value():

@@ -10,7 +10,8 @@ always wrapped in ``tf.stop_gradient``. teacher_outputs / student_outputs: lists
 head output dicts (cls_logits [B, h, w, K], box_reg [B, h, w, 4], centerness [B, h, w]); only
 ``output_kd`` reads them. boxes [B, N, 4] ([ymin, xmin, ymax, xmax] in the pixel frame of the
 teacher's high-resolution input, zero padded), classes [B, N] (-1 padding), strides (teacher
-level strides in that frame) and image_shape ((H, W) of that frame) are read by ``fgfi`` only.
+level strides in that frame) and image_shape ((H, W) of that frame) are read by ``fgfi`` and
+``msad_l1_fg`` only.
 
 Level pairing (``aligned``, MSAD paper 3.3 and Table 3a):
   aligned=True: student level i (P'_{s-m}) has the spatial size of teacher level i (P_s) and is
@@ -31,6 +32,20 @@ caller's gamma (L_S = gamma * L_KD + (1 - gamma) * L_det is applied by the Disti
 Layers with trainable weights (adapters, non-local blocks) set ``training_only = True``: they
 exist only to compute the loss, are built in ``__init__`` so that their variables exist before
 the first train step, and are never part of an exported model.
+
+This module holds the base class ``DistillationLoss``, the helpers the loss families share, the
+registry ``DISTILLATION_LOSSES`` and ``build_distillation_loss``. Each family lives in its own
+module and adds its classes to the registry with ``@register(name)``:
+
+  ``msad_tf.losses.feature_kd``  msad_l1, msad_l1_norm, msad_l1_fg, mse (feature L1 / MSE)
+  ``msad_tf.losses.output_kd``   output_kd (Hinton KD on the classification logits)
+  ``msad_tf.losses.fgfi``        fgfi (fine-grained feature imitation)
+  ``msad_tf.losses.podnet``      podnet (pooled outputs distillation, spatial)
+  ``msad_tf.losses.skd``         skd, skd_paper (structured knowledge distillation)
+
+They are imported, in this order, at the end of this module, and ``msad_tf/losses/__init__.py``
+imports this module, so the registry holds every loss in this order whichever module of the
+package is imported first.
 """
 from __future__ import annotations
 
@@ -99,6 +114,54 @@ def _built_dense(units, in_units, adapter_init, name):
     if identity:
         layer.kernel.assign(np.eye(in_units, units, dtype=np.float32))
     return layer
+
+
+def box_mask(boxes, classes, height, width, stride_y, stride_x, expand: float = 1.0):
+    """FGFI imitation mask for anchor-free detectors: cells whose centre lies in a gt box.
+
+    Shared by ``fgfi`` (its imitation mask) and ``msad_l1_fg`` (its foreground cells).
+
+    Args:
+      boxes: [B, N, 4] [ymin, xmin, ymax, xmax] in the teacher frame, zero padded.
+      classes: [B, N] (-1 padding) or None (then only boxes of positive area are valid).
+      height, width: map size h, w.
+      stride_y, stride_x: cell size of this map in the teacher frame.
+      expand: boxes are scaled by this factor about their centre before the test.
+    Returns:
+      [B, h, w] float32, 1 where the cell centre (i * stride + floor(stride / 2), the FCOS
+      location convention) satisfies ymin <= y <= ymax and xmin <= x <= xmax for a valid box.
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    stride_y = tf.cast(stride_y, tf.float32)
+    stride_x = tf.cast(stride_x, tf.float32)
+    ys = tf.range(tf.cast(height, tf.float32)) * stride_y + tf.floor(stride_y / 2.0)
+    xs = tf.range(tf.cast(width, tf.float32)) * stride_x + tf.floor(stride_x / 2.0)
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    cy, cx = (ymin + ymax) / 2.0, (xmin + xmax) / 2.0
+    half_h, half_w = (ymax - ymin) * expand / 2.0, (xmax - xmin) * expand / 2.0
+    valid = (ymax > ymin) & (xmax > xmin)
+    if classes is not None:
+        valid &= classes >= 0
+    in_y = (ys[None, None, :] >= (cy - half_h)[..., None]) & (ys[None, None, :] <= (cy + half_h)[..., None])
+    in_x = (xs[None, None, :] >= (cx - half_w)[..., None]) & (xs[None, None, :] <= (cx + half_w)[..., None])
+    inside = in_y[:, :, :, None] & in_x[:, :, None, :] & valid[:, :, None, None]
+    return tf.cast(tf.reduce_any(inside, axis=1), tf.float32)
+
+
+def _sum_of_level_means(pairs, per_element):
+    """sum over levels of sum(per_element(T, S)) / (B_global * h * w * D) -> scalar.
+
+    pairs: (teacher, student) [B, h, w, D] maps of each level (``DistillationLoss.pair_maps``);
+    per_element(t, s) -> [B, h, w, D]. The local sum of each level is divided by the global number
+    of its elements (msad_l1, mse, output_kd).
+    """
+    (batch,) = tf.unstack(global_counts(tf.shape(pairs[0][1])[0]))
+    total = 0.0
+    for t, s in pairs:
+        shape = tf.shape(s)
+        count = batch * tf.cast(shape[1] * shape[2] * shape[3], tf.float32)
+        total += tf.reduce_sum(per_element(t, s)) / count
+    return total
 
 
 class DistillationLoss(keras.layers.Layer):
@@ -176,339 +239,26 @@ class DistillationLoss(keras.layers.Layer):
         return config
 
 
-def _sum_of_level_means(pairs, student_features, elementwise):
-    """sum over levels of sum(elementwise(T - S)) / (B_global * h * w * C) -> scalar."""
-    (batch,) = tf.unstack(global_counts(tf.shape(student_features[0])[0]))
-    total = 0.0
-    for t, s in pairs:
-        shape = tf.shape(s)
-        count = batch * tf.cast(shape[1] * shape[2] * shape[3], tf.float32)
-        total += tf.reduce_sum(elementwise(t - s)) / count
-    return total
+DISTILLATION_LOSSES: dict[str, type[DistillationLoss]] = {}
+"""Loss classes by config name, in the order of registration (``register``): the family modules
+imported at the end of this module, each in the order of its class definitions."""
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class MSADL1Loss(DistillationLoss):
-    """Cross feature-level distillation, MSAD paper eq. (7) with the authors' reduction:
+def register(name: str):
+    """Class decorator: adds a ``DistillationLoss`` subclass to ``DISTILLATION_LOSSES`` as ``name``."""
 
-        L_KD = tau * sum_s mean_{B, h, w, C} |P^T_s - P^S_{s-m}|
+    def add(cls):
+        if not issubclass(cls, DistillationLoss):
+            raise TypeError(f"{cls.__name__} is not a DistillationLoss")
+        if name in DISTILLATION_LOSSES:
+            raise ValueError(
+                f"distillation loss {name!r} is registered twice: {DISTILLATION_LOSSES[name].__name__}, "
+                f"{cls.__name__}"
+            )
+        DISTILLATION_LOSSES[name] = cls
+        return cls
 
-    Per level the absolute difference is summed over the local batch and divided by
-    B_global * h * w * C. ``tau`` (paper 3.0) is applied here; gamma is applied by the caller.
-    """
-
-    def __init__(self, channels, num_levels, tau: float = 3.0, **kwargs):
-        super().__init__(channels, num_levels, **kwargs)
-        self.tau = float(tau)
-
-    def call(self, teacher_features, student_features, *, teacher_outputs=None,
-             student_outputs=None, boxes=None, classes=None, image_shape=None, strides=None):
-        pairs = self.pair_maps(teacher_features, student_features)
-        return self.tau * _sum_of_level_means(pairs, student_features, tf.abs)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(tau=self.tau)
-        return config
-
-
-def _standardize_channels(x, epsilon=1e-5):
-    """[B, h, w, C] -> each location's C values shifted to mean 0 and scaled to std 1."""
-    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-    return (x - mean) * tf.math.rsqrt(variance + epsilon)
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class NormalizedL1Loss(MSADL1Loss):
-    """``msad_l1`` on features standardised per location over channels (a KD candidate when
-    the plain L1 does not help, docs/RESULTS.md): teacher and student maps are each shifted and
-    scaled to mean 0, std 1 over C at every cell, so the student imitates the pattern across
-    channels, not the teacher's feature scale:
-
-        L_KD = tau * sum_s mean_{B, h, w, C} |z(P^T_s) - z(P^S_{s-m})|,  z = (x - mu_C) / sigma_C
-    """
-
-    def call(self, teacher_features, student_features, *, teacher_outputs=None,
-             student_outputs=None, boxes=None, classes=None, image_shape=None, strides=None):
-        return super().call([_standardize_channels(t) for t in teacher_features],
-                            [_standardize_channels(s) for s in student_features])
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class ForegroundL1Loss(MSADL1Loss):
-    """``msad_l1`` with foreground and background cells weighted equally (a KD candidate): per
-    level, with M the cells whose centre lies in a gt box (``box_mask``, teacher strides),
-
-        L_KD = tau * sum_s [ 0.5 * sum(M |T - S|) / (N_fg C) + 0.5 * sum((1 - M) |T - S|) / (N_bg C) ]
-
-    N_fg, N_bg are the global numbers of foreground and background cells (all replicas); a level
-    without foreground cells contributes its background half only. On sparse images the plain
-    mean is dominated by background cells; this gives objects half of the term.
-    """
-
-    def call(self, teacher_features, student_features, *, teacher_outputs=None,
-             student_outputs=None, boxes=None, classes=None, image_shape=None, strides=None):
-        if boxes is None or strides is None:
-            raise ValueError(f"{self.name}: msad_l1_fg needs gt boxes and the teacher strides")
-        pairs = self.pair_maps(teacher_features, student_features)
-        total = 0.0
-        for (t, s), stride in zip(pairs, strides):
-            h, w = _spatial_size(t)
-            mask = box_mask(boxes, classes, h, w, stride, stride)[..., None]
-            diff = tf.reduce_sum(tf.abs(t - s), axis=-1, keepdims=True)
-            n_fg, n_all = tf.unstack(global_counts(tf.reduce_sum(mask), tf.cast(tf.size(mask), tf.float32)))
-            channels = tf.cast(tf.shape(t)[-1], tf.float32)
-            fg_term = tf.math.divide_no_nan(tf.reduce_sum(mask * diff), n_fg * channels)
-            bg_term = tf.math.divide_no_nan(tf.reduce_sum((1.0 - mask) * diff), (n_all - n_fg) * channels)
-            total += tf.where(n_fg > 0, 0.5 * fg_term + 0.5 * bg_term, bg_term)
-        return self.tau * total
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class MSELoss(DistillationLoss):
-    """Plain feature imitation: L = weight * sum_s mean_{B, h, w, C} (P^T_s - P^S_s)^2.
-
-    Same reduction as ``msad_l1`` (local sum / (B_global * h * w * C) per level).
-    """
-
-    def __init__(self, channels, num_levels, weight: float = 1.0, **kwargs):
-        super().__init__(channels, num_levels, **kwargs)
-        self.weight = float(weight)
-
-    def call(self, teacher_features, student_features, *, teacher_outputs=None,
-             student_outputs=None, boxes=None, classes=None, image_shape=None, strides=None):
-        pairs = self.pair_maps(teacher_features, student_features)
-        return self.weight * _sum_of_level_means(pairs, student_features, tf.square)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(weight=self.weight)
-        return config
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class OutputKDLoss(DistillationLoss):
-    """Output-level KD (Hinton et al. 2015; MSAD Table 3a "KD") on the classification logits.
-
-    The detector classifies with one sigmoid per class, so the soft targets are per location and
-    class: with p = sigmoid(z / T),
-
-        L = weight * T^2 * sum_s mean_{B, h, w, K} BCE(p^T, p^S)
-          = weight * T^2 * sum_s mean -(p^T log p^S + (1 - p^T) log(1 - p^S)).
-
-    BCE with soft targets differs from the binary KL divergence by the teacher's entropy only, so
-    both have the same gradient. Default T = 1.0 (the MSAD paper gives no temperature; T = 1 is
-    the plain soft-label BCE, and T^2 keeps the gradient scale when T is raised). Reduction: local
-    sum / (B_global * h * w * K) per level. Logits are paired like features (resized when not
-    aligned).
-    """
-
-    needs_outputs = True
-
-    def __init__(self, channels, num_levels, temperature: float = 1.0, weight: float = 1.0, **kwargs):
-        super().__init__(channels, num_levels, **kwargs)
-        self.temperature = float(temperature)
-        self.weight = float(weight)
-
-    def call(self, teacher_features, student_features, *, teacher_outputs=None,
-             student_outputs=None, boxes=None, classes=None, image_shape=None, strides=None):
-        if teacher_outputs is None or student_outputs is None:
-            raise ValueError(f"{self.name}: output_kd needs teacher_outputs and student_outputs")
-        t_logits = [level["cls_logits"] for level in teacher_outputs]
-        s_logits = [level["cls_logits"] for level in student_outputs]
-        if self.num_classes is not None:
-            for logits in t_logits + s_logits:
-                if logits.shape[-1] is not None and logits.shape[-1] != self.num_classes:
-                    raise ValueError(
-                        f"{self.name}: built for {self.num_classes} classes, got logits with "
-                        f"{logits.shape[-1]}"
-                    )
-        pairs = self.pair_maps(t_logits, s_logits, what="cls_logits")
-        (batch,) = tf.unstack(global_counts(tf.shape(s_logits[0])[0]))
-        temp = self.temperature
-        total = 0.0
-        for t, s in pairs:
-            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.sigmoid(t / temp), logits=s / temp)
-            shape = tf.shape(s)
-            count = batch * tf.cast(shape[1] * shape[2] * shape[3], tf.float32)
-            total += tf.reduce_sum(bce) / count
-        return self.weight * temp**2 * total
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(temperature=self.temperature, weight=self.weight)
-        return config
-
-
-def box_mask(boxes, classes, height, width, stride_y, stride_x, expand: float = 1.0):
-    """FGFI imitation mask for anchor-free detectors: cells whose centre lies in a gt box.
-
-    Args:
-      boxes: [B, N, 4] [ymin, xmin, ymax, xmax] in the teacher frame, zero padded.
-      classes: [B, N] (-1 padding) or None (then only boxes of positive area are valid).
-      height, width: map size h, w.
-      stride_y, stride_x: cell size of this map in the teacher frame.
-      expand: boxes are scaled by this factor about their centre before the test.
-    Returns:
-      [B, h, w] float32, 1 where the cell centre (i * stride + floor(stride / 2), the FCOS
-      location convention) satisfies ymin <= y <= ymax and xmin <= x <= xmax for a valid box.
-    """
-    boxes = tf.cast(boxes, tf.float32)
-    stride_y = tf.cast(stride_y, tf.float32)
-    stride_x = tf.cast(stride_x, tf.float32)
-    ys = tf.range(tf.cast(height, tf.float32)) * stride_y + tf.floor(stride_y / 2.0)
-    xs = tf.range(tf.cast(width, tf.float32)) * stride_x + tf.floor(stride_x / 2.0)
-    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
-    cy, cx = (ymin + ymax) / 2.0, (xmin + xmax) / 2.0
-    half_h, half_w = (ymax - ymin) * expand / 2.0, (xmax - xmin) * expand / 2.0
-    valid = (ymax > ymin) & (xmax > xmin)
-    if classes is not None:
-        valid &= classes >= 0
-    in_y = (ys[None, None, :] >= (cy - half_h)[..., None]) & (ys[None, None, :] <= (cy + half_h)[..., None])
-    in_x = (xs[None, None, :] >= (cx - half_w)[..., None]) & (xs[None, None, :] <= (cx + half_w)[..., None])
-    inside = in_y[:, :, :, None] & in_x[:, :, None, :] & valid[:, :, None, None]
-    return tf.cast(tf.reduce_any(inside, axis=1), tf.float32)
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class FGFILoss(DistillationLoss):
-    """Fine-grained feature imitation (Wang et al., CVPR 2019; MSAD Table 3a "FGFI").
-
-    A 3x3 conv adapter (one per level, since FPN levels carry objects of different scales; or one
-    shared by all levels with ``shared_adapter=True``) maps the student features, which imitate
-    the teacher inside the gt mask I (``box_mask``) only:
-
-        L = weight * 0.5 * sum_s sum_{b, i, j, c} I_bij (P^T_s - adapt_s(P^S_s))^2 / (N_p * C)
-
-    N_p = number of mask locations over all levels and the GLOBAL batch (at least 1). The FGFI
-    paper divides by N_p only and keeps the 1/2; the extra 1/C makes the value a per-element mean
-    (the paper's loss / C). Mask: the anchor-IoU mask of the paper is replaced by "cell centre
-    inside a (optionally ``box_expand``-scaled) gt box", the common simplification for
-    anchor-free detectors. Cell centres are taken in the teacher frame; when not aligned the
-    student grid's cell size there is stride * h_T / h_S.
-
-    Strides come from ``strides`` (teacher levels, teacher frame) or, failing that, from
-    ``image_shape`` / teacher map size.
-    """
-
-    training_only = True
-
-    def __init__(self, channels, num_levels, weight: float = 1.0, box_expand: float = 1.0,
-                 shared_adapter: bool = False, adapter_init: str = "identity", **kwargs):
-        super().__init__(channels, num_levels, **kwargs)
-        self.weight = float(weight)
-        self.box_expand = float(box_expand)
-        self.shared_adapter = bool(shared_adapter)
-        self.adapter_init = adapter_init
-        count = 1 if self.shared_adapter else self.num_levels
-        self.adapters = [
-            _built_conv(self.channels, 3, self.channels, adapter_init, f"fgfi_adapter_{i}")
-            for i in range(count)
-        ]
-
-    def adapter(self, level: int):
-        return self.adapters[0 if self.shared_adapter else level]
-
-    def _strides(self, teacher_features, strides, image_shape):
-        if strides is not None:
-            if len(strides) != self.num_levels:
-                raise ValueError(f"{self.name}: {len(strides)} strides for {self.num_levels} levels")
-            return [(tf.cast(s, tf.float32), tf.cast(s, tf.float32)) for s in strides]
-        if image_shape is None:
-            raise ValueError(f"{self.name}: fgfi needs strides (teacher levels) or image_shape")
-        height, width = tf.cast(image_shape[0], tf.float32), tf.cast(image_shape[1], tf.float32)
-        result = []
-        for t in teacher_features:
-            h, w = _spatial_size(t)
-            result.append((height / tf.cast(h, tf.float32), width / tf.cast(w, tf.float32)))
-        return result
-
-    def call(self, teacher_features, student_features, *, teacher_outputs=None,
-             student_outputs=None, boxes=None, classes=None, image_shape=None, strides=None):
-        if boxes is None:
-            raise ValueError(f"{self.name}: fgfi needs gt boxes for its imitation mask")
-        pairs = self.pair_maps(teacher_features, student_features)
-        level_strides = self._strides(teacher_features, strides, image_shape)
-        local_sum = 0.0
-        local_count = 0.0
-        for level, ((t, s), (stride_y, stride_x)) in enumerate(zip(pairs, level_strides)):
-            t_h, t_w = _spatial_size(teacher_features[level])
-            h, w = _spatial_size(s)
-            cell_y = stride_y * tf.cast(t_h, tf.float32) / tf.cast(h, tf.float32)
-            cell_x = stride_x * tf.cast(t_w, tf.float32) / tf.cast(w, tf.float32)
-            mask = box_mask(boxes, classes, h, w, cell_y, cell_x, self.box_expand)
-            diff = tf.square(t - self.adapter(level)(s))
-            local_sum += tf.reduce_sum(diff * mask[..., None])
-            local_count += tf.reduce_sum(mask)
-        (num_mask,) = tf.unstack(global_counts(local_count))
-        return self.weight * 0.5 * local_sum / (tf.maximum(num_mask, 1.0) * float(self.channels))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            weight=self.weight,
-            box_expand=self.box_expand,
-            shared_adapter=self.shared_adapter,
-            adapter_init=self.adapter_init,
-        )
-        return config
-
-
-def pod_spatial(features):
-    """PODNet spatial pooling (POD-spatial, Douillard et al., ECCV 2020).
-
-    [B, h, w, C] -> [B, (h + w) * C]: squared features summed over width ([B, h, C]) and over
-    height ([B, w, C]), concatenated along the spatial axis, flattened and L2-normalised per sample.
-    """
-    squared = tf.square(features)
-    along_h = tf.reduce_sum(squared, axis=2)
-    along_w = tf.reduce_sum(squared, axis=1)
-    batch = tf.shape(features)[0]
-    pooled = tf.reshape(tf.concat([along_h, along_w], axis=1), [batch, -1])
-    return tf.math.l2_normalize(pooled, axis=1)
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class PODNetLoss(DistillationLoss):
-    """Pooled outputs distillation, spatial variant (PODNet; MSAD Table 3a "PODNet"):
-
-        L = weight * sum_s (1 / B) sum_b || pod(P^T_s)_b - pod(P^S_s)_b ||_2
-
-    with ``pod_spatial``. The per-sample Frobenius norms are summed over the local batch and
-    divided by the global batch size.
-    """
-
-    def __init__(self, channels, num_levels, weight: float = 1.0, **kwargs):
-        super().__init__(channels, num_levels, **kwargs)
-        self.weight = float(weight)
-
-    def call(self, teacher_features, student_features, *, teacher_outputs=None,
-             student_outputs=None, boxes=None, classes=None, image_shape=None, strides=None):
-        pairs = self.pair_maps(teacher_features, student_features)
-        (batch,) = tf.unstack(global_counts(tf.shape(student_features[0])[0]))
-        total = 0.0
-        for t, s in pairs:
-            sq = tf.reduce_sum(tf.square(pod_spatial(t) - pod_spatial(s)), axis=1)
-            total += tf.reduce_sum(_safe_sqrt(sq)) / batch
-        return self.weight * total
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(weight=self.weight)
-        return config
-
-
-DISTILLATION_LOSSES = {
-    "msad_l1": MSADL1Loss,
-    "msad_l1_norm": NormalizedL1Loss,
-    "msad_l1_fg": ForegroundL1Loss,
-    "mse": MSELoss,
-    "output_kd": OutputKDLoss,
-    "fgfi": FGFILoss,
-    "podnet": PODNetLoss,
-}
-"""Loss classes by config name. ``skd`` and ``skd_paper`` are added by ``msad_tf.losses.skd``,
-imported at the end of this module."""
+    return add
 
 
 def build_distillation_loss(name: str, channels: int, num_levels: int, num_classes: int | None = None,
@@ -539,15 +289,5 @@ def build_distillation_loss(name: str, channels: int, num_levels: int, num_class
     return cls(channels, num_levels, num_classes=num_classes, aligned=aligned, **options)
 
 
-from msad_tf.losses import skd as _skd  # registers skd and skd_paper
-
-_SKD_NAMES = frozenset({
-    "SKDLoss", "SKDPaperLoss", "NonLocalBlock", "attention_masks", "spatial_attention", "channel_attention",
-})
-
-
-def __getattr__(name):
-    """The SKD names, which live in ``msad_tf.losses.skd``, stay importable from here."""
-    if name in _SKD_NAMES:
-        return getattr(_skd, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The loss families register themselves on import; the order of these imports is the registry's order.
+from msad_tf.losses import feature_kd, output_kd, fgfi, podnet, skd  # noqa: E402,F401

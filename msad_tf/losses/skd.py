@@ -25,16 +25,15 @@ import keras
 import tensorflow as tf
 
 from msad_tf.losses.distillation import (
-    DISTILLATION_LOSSES,
+    _PACKAGE,
     DistillationLoss,
     _built_conv,
     _built_dense,
     _safe_sqrt,
     global_counts,
+    register,
 )
 from msad_tf.losses.fcos import global_sum, num_replicas
-
-_PACKAGE = "msad_tf"
 
 TERMS = ("feature", "channel", "spatial", "nonlocal")
 
@@ -258,6 +257,7 @@ def global_max(values):
     return tf.reduce_max(context.all_gather(values[None], axis=0), axis=0)
 
 
+@register("skd")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SKDLoss(DistillationLoss):
     """Structured knowledge distillation as the authors coded it (registry name ``skd``).
@@ -430,6 +430,7 @@ class SKDLoss(DistillationLoss):
         return config
 
 
+@register("skd_paper")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SKDPaperLoss(DistillationLoss):
     """SKD with the paper's equations read literally (TPAMI 2023, sec. III-C; ``skd_paper``).
@@ -558,6 +559,3 @@ class SKDPaperLoss(DistillationLoss):
             adapter_init=self.adapter_init,
         )
         return config
-
-
-DISTILLATION_LOSSES.update(skd=SKDLoss, skd_paper=SKDPaperLoss)

@@ -95,8 +95,8 @@ class Distiller(keras.Model):
     Args:
       teacher: trained Detector or multi-scale fusion teacher (frozen here).
       student: Detector of the teacher's arch whose ``inference_shift`` is the pyramid shift m when aligned.
-      distill_loss: a layer from ``msad_tf.losses.distillation`` (its adapters are trained with
-        the student and discarded after training).
+      distill_loss: a ``DistillationLoss`` (``msad_tf.losses.distillation.build_distillation_loss``;
+        its adapters are trained with the student and discarded after training).
       gamma: weight of L_KD.
       det_weight: weight of the detection loss (None: 1 - gamma, the paper's eq. 8).
       kd_warmup_steps: linear ramp of the KD term (0: off).
