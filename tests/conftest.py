@@ -1,5 +1,6 @@
 """Test set-up: two logical CPU devices (for MirroredStrategy tests), tiny model configs, a tiny
 dataset, and helpers shared by the distribution and training tests."""
+import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -146,9 +147,32 @@ def max_weight_difference(path_a, path_b) -> float:
     return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]), initial=0.0)) for k in a)
 
 
-def write_confident_run(root, config, category_ids, class_names):
+STUDENT_RUN_MODEL = dict(norm="bn", size_ranges=[[0, 8], [8, 16], [16, 32], [32, 64], [64, 1e8]])
+"""``tiny_model_config`` overrides of ``student_run_config``'s default model."""
+
+
+def student_run_config(root, model_config=None, **eval_values):
+    """Config of a student run on the synthetic dataset ROOT/data, for the export and evaluation
+    parity tests: images resized to 128 px and padded to 128, eval batch 4 and ``eval_values``.
+    ``model_config`` defaults to the tiny FCOS with ``STUDENT_RUN_MODEL``."""
+    from msad_tf.config import config_from_dict
+
+    model_config = model_config or tiny_model_config(**STUDENT_RUN_MODEL)
+    return config_from_dict(
+        {
+            "model": dataclasses.asdict(model_config),
+            "data": {"root": str(root / "data"), "short_side": 128, "max_side": 128, "pad_multiple": 128},
+            "train": {"mode": "student"},
+            "eval": {"batch_size": 4, **eval_values},
+        }
+    )
+
+
+def write_confident_run(root, config, category_ids, class_names, cls_bias=-4.5, box_bias=1.5):
     """ROOT/student: a run directory of ``config`` with random weights whose head scores a few
-    boxes per image above the default threshold (for export and evaluation parity tests)."""
+    boxes per image above the default threshold (for export and evaluation parity tests): the
+    classification kernel drawn from N(0, 0.1) (numpy seed 0), every classification bias
+    ``cls_bias`` and, unless ``box_bias`` is None, every box regression bias ``box_bias``."""
     from msad_tf.training import runs
 
     run = root / "student"
@@ -160,7 +184,75 @@ def write_confident_run(root, config, category_ids, class_names):
     rng = np.random.default_rng(0)
     head = model.head
     head.cls_logits.kernel.assign(rng.normal(0.0, 0.1, head.cls_logits.kernel.shape).astype(np.float32))
-    head.cls_logits.bias.assign(np.full(len(category_ids), -4.5, np.float32))
-    head.box_pred.bias.assign(np.full(4, 1.5, np.float32))
+    head.cls_logits.bias.assign(np.full(head.cls_logits.bias.shape, cls_bias, np.float32))
+    if box_bias is not None:
+        head.box_pred.bias.assign(np.full(head.box_pred.bias.shape, box_bias, np.float32))
     model.save_weights(str(run / runs.WEIGHTS_FILE))
     return run
+
+
+# ------------------------------------------------------------------- evaluation and export parity
+def evaluate_capturing(monkeypatch, model, dataset, config, resolution="low"):
+    """(metrics, COCO results) of ``evaluator.evaluate_model``."""
+    from msad_tf.evaluation import evaluator
+
+    captured = {}
+    original = evaluator.evaluate_coco
+
+    def capture(coco, results, image_ids):
+        captured["results"] = results
+        return original(coco, results, image_ids)
+
+    monkeypatch.setattr(evaluator, "evaluate_coco", capture)
+    metrics = evaluator.evaluate_model(model, dataset, config, resolution, progress=False)
+    return metrics, captured["results"]
+
+
+def assert_same_results(a, b, box_atol=0.02, score_atol=1e-4):
+    """Same COCO detections per image (category, score, box to the tolerances), in any order:
+    equal scores may come out of NMS in either order."""
+    assert sorted({r["image_id"] for r in a}) == sorted({r["image_id"] for r in b})
+    assert len(a) == len(b)
+    unused = list(b)
+    for r in a:
+        match = next(
+            (
+                i for i, o in enumerate(unused)
+                if o["image_id"] == r["image_id"] and o["category_id"] == r["category_id"]
+                and abs(o["score"] - r["score"]) <= score_atol
+                and np.abs(np.subtract(o["bbox"], r["bbox"])).max() <= box_atol
+            ),
+            None,
+        )
+        assert match is not None, f"no match for {r}"
+        unused.pop(match)
+
+
+def _as_results(boxes, scores, classes):
+    return [{"image_id": 0, "category_id": int(c), "bbox": b.tolist(), "score": float(s)}
+            for b, s, c in zip(boxes, scores, classes)]
+
+
+def assert_tflite_detects_as_keras(path, model, spec, record, category_ids, pad=128, k=2, shift=1):
+    """The TFLite export at ``path`` (one thread) finds on ``record``'s image the detections of
+    the Keras ``model`` on the same input canvas (``prepare_input``) normalised, zero padded to
+    ``pad``, subsampled by ``k`` and read at ``shift`` (boxes to 1e-3 px of the original image,
+    scores to 1e-5), at least one. Returns the canvas and its resized (h, w)."""
+    from msad_tf.data.preprocess import network_input, normalize_image, pad_to_multiple
+    from msad_tf.export.tflite import TFLiteDetector, prepare_input
+
+    detector = TFLiteDetector(path, num_threads=1)
+    image = tf.io.decode_image(tf.io.read_file(record.path), channels=3, expand_animations=False)
+    canvas, size, scale = prepare_input(image, spec, detector.input_size)
+    low, low_size = network_input(pad_to_multiple(normalize_image(canvas), pad), size[None], k)
+    keras_out = model.detect(low, low_size, shift)
+    n = int(keras_out["num_detections"][0])
+    boxes, scores, classes = detector.detect_image(image)
+    assert n > 0 and len(scores) == n
+    assert_same_results(
+        _as_results(boxes, scores, classes),
+        _as_results(keras_out["boxes"][0, :n].numpy() * k / scale, keras_out["scores"][0, :n].numpy(),
+                    np.array(category_ids)[keras_out["classes"][0, :n].numpy()]),
+        box_atol=1e-3, score_atol=1e-5,
+    )
+    return canvas, size

@@ -8,7 +8,6 @@ change of the input moves it.
 """
 import colorsys
 import csv
-import dataclasses
 import io
 import json
 
@@ -17,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageFilter
 
-from conftest import tiny_model_config, write_confident_run
+from conftest import student_run_config, write_confident_run
 from msad_tf.evaluation import corruptions
 from msad_tf.evaluation.corruptions import FAMILIES, SEVERITY_CONSTANTS, Corruption, corrupt, psnr
 from msad_tf.resolution import input_geometry
@@ -38,16 +37,25 @@ def _test_image(height=48, width=64, seed=0):
 
 
 # ----------------------------------------------------------------------------- the families
+#: imagecorruptions' constant ``c`` of each family, transcribed one severity a row (columns:
+#: gaussian_noise scale, gaussian_blur sigma, defocus_blur (radius, alias_blur), contrast factor,
+#: brightness offset, jpeg_compression quality, fog (strength, wibbledecay)).
+IMAGECORRUPTIONS_BY_SEVERITY = [
+    (0.08, 1, (3, 0.1), 0.4, 0.1, 25, (1.5, 2)),
+    (0.12, 2, (4, 0.5), 0.3, 0.2, 18, (2, 2)),
+    (0.18, 3, (6, 0.5), 0.2, 0.3, 15, (2.5, 1.7)),
+    (0.26, 4, (8, 0.5), 0.1, 0.4, 10, (2.5, 1.5)),
+    (0.38, 6, (10, 0.5), 0.05, 0.5, 7, (3, 1.4)),
+]
+
+
 def test_severity_constants_are_imagecorruptions():
-    assert SEVERITY_CONSTANTS == {
-        "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
-        "gaussian_blur": (1, 2, 3, 4, 6),
-        "defocus_blur": ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),
-        "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
-        "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),
-        "jpeg_compression": (25, 18, 15, 10, 7),
-        "fog": ((1.5, 2.0), (2.0, 2.0), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4)),
-    }
+    assert FAMILIES == tuple(SEVERITY_CONSTANTS) == (
+        "gaussian_noise", "gaussian_blur", "defocus_blur", "contrast", "brightness", "jpeg_compression", "fog"
+    )
+    assert all(len(constants) == len(IMAGECORRUPTIONS_BY_SEVERITY) for constants in SEVERITY_CONSTANTS.values())
+    for severity, expected in enumerate(IMAGECORRUPTIONS_BY_SEVERITY, 1):
+        assert tuple(SEVERITY_CONSTANTS[family][severity - 1] for family in FAMILIES) == expected, severity
     with pytest.raises(ValueError, match="unknown corruption 'snow'"):
         corrupt(_test_image(), "snow", 1)
     with pytest.raises(ValueError, match="severity 6"):
@@ -231,18 +239,6 @@ def test_summarize_table_and_csv(tmp_path):
 
 
 # ------------------------------------------------------------------ pipeline and evaluation
-def _run_config(root):
-    from msad_tf.config import config_from_dict
-
-    model_config = tiny_model_config(norm="bn", size_ranges=[[0, 8], [8, 16], [16, 32], [32, 64], [64, 1e8]])
-    return config_from_dict({
-        "model": dataclasses.asdict(model_config),
-        "data": {"root": str(root / "data"), "short_side": 128, "max_side": 128, "pad_multiple": 128},
-        "train": {"mode": "student"},
-        "eval": {"batch_size": 4},
-    })
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from msad_tf.data.synthetic import CATEGORY_IDS, CLASS_NAMES, make_synthetic_dataset
@@ -252,7 +248,7 @@ def tiny_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("corruptions")
     make_synthetic_dataset(root / "data", num_train=4, num_val=6, image_size=96, progress=False)
-    run = write_confident_run(root, _run_config(root), CATEGORY_IDS, CLASS_NAMES)
+    run = write_confident_run(root, student_run_config(root), CATEGORY_IDS, CLASS_NAMES)
     config, model, _, _ = runs.load_run(run)
     short_side, max_side, stride = input_geometry(config, "low")
     results, _ = evaluator.predict_coco(

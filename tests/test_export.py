@@ -7,7 +7,6 @@ tested in test_low_input.py), shift 1, so the exports read P2'..P6' of a 64 px i
 """
 import argparse
 import base64
-import dataclasses
 import io
 import json
 import os
@@ -22,8 +21,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import tiny_model_config, write_confident_run
-from msad_tf.config import config_from_dict
+from conftest import student_run_config, write_confident_run
 from msad_tf.data.pipeline import prepare_image
 from msad_tf.data.preprocess import pad_to_multiple
 from msad_tf.data.synthetic import CATEGORY_IDS, CLASS_NAMES, make_synthetic_dataset
@@ -48,19 +46,7 @@ MAX_DET = 100
 def make_tiny_run(root: Path) -> Path:
     """A student run dir on a 6+6 image synthetic dataset, with a trained-ish output distribution."""
     make_synthetic_dataset(root / "data", num_train=6, num_val=6, image_size=96, progress=False)
-    model_config = tiny_model_config(
-        norm="bn", size_ranges=[[0, 8], [8, 16], [16, 32], [32, 64], [64, 1e8]]
-    )
-    config = config_from_dict(
-        {
-            "model": dataclasses.asdict(model_config),
-            "data": {"root": str(root / "data"), "short_side": 128, "max_side": 128, "pad_multiple": 128},
-            "train": {"mode": "student"},
-            "eval": {"batch_size": 4, "low_input": "resize"},
-        }
-    )
-    run = write_confident_run(root, config, CATEGORY_IDS, CLASS_NAMES)
-    return run
+    return write_confident_run(root, student_run_config(root, low_input="resize"), CATEGORY_IDS, CLASS_NAMES)
 
 
 def cli(argv):

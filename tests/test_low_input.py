@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_model_config, write_confident_run
+from conftest import (
+    assert_same_results,
+    assert_tflite_detects_as_keras,
+    evaluate_capturing,
+    student_run_config,
+    write_confident_run,
+)
 from msad_tf.config import ConfigError, config_from_dict
 from msad_tf.data import CocoDataset, build_dataset
 from msad_tf.data.preprocess import (
@@ -24,7 +30,6 @@ from msad_tf.data.preprocess import (
 )
 from msad_tf.resolution import input_geometry
 from msad_tf.data.synthetic import CATEGORY_IDS, CLASS_NAMES, make_synthetic_dataset
-from msad_tf.evaluation import evaluator
 from msad_tf.evaluation.coco_eval import evaluate_coco
 from msad_tf.evaluation.predict import detect_image
 from msad_tf.modeling.pyramid import AlignedPyramid
@@ -32,25 +37,11 @@ from msad_tf.training import runs
 from msad_tf.training.train import load_split
 
 
-def _run_config(root, **eval_values):
-    model_config = tiny_model_config(
-        norm="bn", size_ranges=[[0, 8], [8, 16], [16, 32], [32, 64], [64, 1e8]]
-    )
-    return config_from_dict(
-        {
-            "model": dataclasses.asdict(model_config),
-            "data": {"root": str(root / "data"), "short_side": 128, "max_side": 128, "pad_multiple": 128},
-            "train": {"mode": "student"},
-            "eval": {"batch_size": 4, **eval_values},
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("low_input")
     make_synthetic_dataset(root / "data", num_train=4, num_val=6, image_size=96, progress=False)
-    config = _run_config(root)
+    config = student_run_config(root)
     run = write_confident_run(root, config, CATEGORY_IDS, CLASS_NAMES)
     config, model, ids, names = runs.load_run(run)
     ann_file = config.data.ann_file(config.data.val_split)
@@ -71,52 +62,18 @@ def tiny_run(tmp_path_factory):
             "dataset": load_split(config, config.data.val_split)}
 
 
-def _evaluate_capturing(monkeypatch, model, dataset, config, resolution="low"):
-    """(metrics, COCO results) of ``evaluate_model``."""
-    captured = {}
-    original = evaluator.evaluate_coco
-
-    def capture(coco, results, image_ids):
-        captured["results"] = results
-        return original(coco, results, image_ids)
-
-    monkeypatch.setattr(evaluator, "evaluate_coco", capture)
-    metrics = evaluator.evaluate_model(model, dataset, config, resolution, progress=False)
-    return metrics, captured["results"]
-
-
-def _assert_same_results(a, b, box_atol=0.02, score_atol=1e-4):
-    """Same detections per image (category, score, box to the tolerances), in any order: equal
-    scores may come out of NMS in either order."""
-    assert sorted({r["image_id"] for r in a}) == sorted({r["image_id"] for r in b})
-    assert len(a) == len(b)
-    unused = list(b)
-    for r in a:
-        match = next(
-            (
-                i for i, o in enumerate(unused)
-                if o["image_id"] == r["image_id"] and o["category_id"] == r["category_id"]
-                and abs(o["score"] - r["score"]) <= score_atol
-                and np.abs(np.subtract(o["bbox"], r["bbox"])).max() <= box_atol
-            ),
-            None,
-        )
-        assert match is not None, f"no match for {r}"
-        unused.pop(match)
-
-
 def test_config_default_validation_and_old_runs(tmp_path):
-    config = _run_config(tmp_path)
+    config = student_run_config(tmp_path)
     assert config.eval.low_input == "subsample"
     old = config.to_dict()
     del old["eval"]["low_input"], old["model"]["input_norm"]
     restored = config_from_dict(old)
     assert restored.eval.low_input == "subsample" and restored.model.input_norm == "auto"
     with pytest.raises(ConfigError, match="eval.low_input 'nearest': choose subsample or resize"):
-        _run_config(tmp_path, low_input="nearest")
+        student_run_config(tmp_path, low_input="nearest")
     assert input_geometry(config, "high") == (128, 128, 1)
     assert input_geometry(config, "low") == (128, 128, 2)
-    assert input_geometry(_run_config(tmp_path, low_input="resize"), "low") == (64, 64, 1)
+    assert input_geometry(student_run_config(tmp_path, low_input="resize"), "low") == (64, 64, 1)
 
 
 def test_network_input_is_the_strided_subsample_of_the_prepared_batch(tiny_data):
@@ -155,20 +112,20 @@ def _hand_built_subsample_results(model, dataset, k=2, side=128, pad=128):
 
 def test_evaluate_at_low_subsample_is_the_hand_built_pipeline_and_not_resize(tiny_run, monkeypatch):
     model, dataset, config = tiny_run["model"], tiny_run["dataset"], tiny_run["config"]
-    metrics, results = _evaluate_capturing(monkeypatch, model, dataset, config)
+    metrics, results = evaluate_capturing(monkeypatch, model, dataset, config)
     assert results, "the tiny model must detect something"
-    _assert_same_results(results, _hand_built_subsample_results(model, dataset))
+    assert_same_results(results, _hand_built_subsample_results(model, dataset))
     resize_config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, low_input="resize"))
-    resize_metrics, resize_results = _evaluate_capturing(monkeypatch, model, dataset, resize_config)
+    resize_metrics, resize_results = evaluate_capturing(monkeypatch, model, dataset, resize_config)
     with pytest.raises(AssertionError):
-        _assert_same_results(results, resize_results)
+        assert_same_results(results, resize_results)
     assert metrics["AP"] > 20 and resize_metrics["AP"] < metrics["AP"]
     print(f"AP at L: subsample {metrics['AP']:.3f}, resize {resize_metrics['AP']:.3f}")
 
 
 def test_predict_uses_the_subsample(tiny_run, monkeypatch):
     model, dataset, config = tiny_run["model"], tiny_run["dataset"], tiny_run["config"]
-    _, results = _evaluate_capturing(monkeypatch, model, dataset, config)
+    _, results = evaluate_capturing(monkeypatch, model, dataset, config)
     record = dataset.records[0]
     image = tf.io.decode_image(tf.io.read_file(record.path), channels=3, expand_animations=False).numpy()
     short_side, max_side, stride = input_geometry(config, "low")
@@ -185,10 +142,10 @@ def test_exported_saved_model_and_tflite_ap_equal_msad_evaluate_at_low(tiny_run,
     through the same subsample, and msad evaluate's AP to the export report's tolerance."""
     from msad_tf.export.benchmark_infer import AP_TOLERANCES, saved_model_results, tflite_results
     from msad_tf.export.saved_model import export_run_saved_model, export_spec, read_export_info
-    from msad_tf.export.tflite import TFLiteDetector, export_run_tflite, prepare_input, tflite_ops
+    from msad_tf.export.tflite import export_run_tflite, tflite_ops
 
     model, dataset, config = tiny_run["model"], tiny_run["dataset"], tiny_run["config"]
-    metrics, results = _evaluate_capturing(monkeypatch, model, dataset, config)
+    metrics, results = evaluate_capturing(monkeypatch, model, dataset, config)
     out = tiny_run["root"] / "saved_models"
     export_dir = export_run_saved_model(tiny_run["run"], out, "tiny")
     info = read_export_info(export_dir)
@@ -196,7 +153,7 @@ def test_exported_saved_model_and_tflite_ap_equal_msad_evaluate_at_low(tiny_run,
     assert info["low_input"] == "subsample" and info["input_norm"] == "imagenet_std"
     spec = export_spec(model, config)
     served = saved_model_results(export_dir, dataset.records, spec, config.eval.batch_size)
-    _assert_same_results(served, results)
+    assert_same_results(served, results)
     served_metrics = evaluate_coco(dataset.coco, served, [r.image_id for r in dataset.records])
     assert served_metrics["AP"] == pytest.approx(metrics["AP"], abs=1e-6)
 
@@ -204,25 +161,7 @@ def test_exported_saved_model_and_tflite_ap_equal_msad_evaluate_at_low(tiny_run,
     assert read_export_info(path)["input_size"] == [128, 128]
     ops = tflite_ops(path)
     assert "STRIDED_SLICE" in ops and not [op for op in ops if op.startswith("CUSTOM")], ops
-    detector = TFLiteDetector(path, num_threads=1)
-    record = dataset.records[0]
-    image = tf.io.decode_image(tf.io.read_file(record.path), channels=3, expand_animations=False)
-    canvas, size, scale = prepare_input(image, spec, detector.input_size)
-    low, low_size = network_input(pad_to_multiple(normalize_image(canvas), 128), size[None], 2)
-    keras_out = model.detect(low, low_size, 1)
-    n = int(keras_out["num_detections"][0])
-    boxes, scores, classes = detector.detect_image(image)
-    assert n > 0 and len(scores) == n
-    as_results = lambda b, s, c: [  # noqa: E731
-        {"image_id": 0, "category_id": int(ci), "bbox": bi.tolist(), "score": float(si)}
-        for bi, si, ci in zip(b, s, c)
-    ]
-    _assert_same_results(
-        as_results(boxes, scores, classes),
-        as_results(keras_out["boxes"][0, :n].numpy() * 2 / scale, keras_out["scores"][0, :n].numpy(),
-                   np.array(tiny_run["ids"])[keras_out["classes"][0, :n].numpy()]),
-        box_atol=1e-3, score_atol=1e-5,
-    )
+    assert_tflite_detects_as_keras(path, model, spec, dataset.records[0], tiny_run["ids"])
     lite = tflite_results(path, dataset.records, num_threads=1)
     lite_metrics = evaluate_coco(dataset.coco, lite, [r.image_id for r in dataset.records])
     assert metrics["AP"] > 20
@@ -235,7 +174,7 @@ def test_sweep_fraction_one_is_the_low_evaluation(tiny_run, tmp_path, monkeypatc
     from msad_tf.evaluation.sweep import resolution_sweep
 
     model, dataset, config = tiny_run["model"], tiny_run["dataset"], tiny_run["config"]
-    metrics, _ = _evaluate_capturing(monkeypatch, model, dataset, config)
+    metrics, _ = evaluate_capturing(monkeypatch, model, dataset, config)
     rows = resolution_sweep(model, dataset, config, [0.75, 1.0], model.shift_for("low"), tmp_path,
                             progress=False)
     assert [(r["short_side"], r["stride"]) for r in rows] == [(96, 2), (128, 2)]

@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import assert_two_replicas_match_one, tiny_model_config, tiny_train_config, toy_batch
+from conftest import (
+    assert_same_results,
+    assert_tflite_detects_as_keras,
+    assert_two_replicas_match_one,
+    evaluate_capturing,
+    student_run_config,
+    tiny_model_config,
+    tiny_train_config,
+    toy_batch,
+    write_confident_run,
+)
 from msad_tf.config import ConfigError, config_from_dict, load_config
 from msad_tf.losses.distillation import DISTILLATION_LOSSES, build_distillation_loss
 from msad_tf.modeling.detector import TRAIN_MODES, FCOSDetector, detector_class
@@ -210,29 +220,12 @@ def _confident_run(root):
     from msad_tf.data.synthetic import CATEGORY_IDS, CLASS_NAMES, make_synthetic_dataset
 
     make_synthetic_dataset(root / "data", num_train=4, num_val=6, image_size=96, progress=False)
-    config = config_from_dict({
-        "model": dataclasses.asdict(retina_config(norm="bn")),
-        "data": {"root": str(root / "data"), "short_side": 128, "max_side": 128, "pad_multiple": 128},
-        "train": {"mode": "student"},
-        "eval": {"batch_size": 4},
-    })
-    run = root / "student"
-    run.mkdir()
-    config.save(run / runs.CONFIG_FILE)
-    runs.write_categories(run, CATEGORY_IDS, CLASS_NAMES)
-    keras.utils.set_random_seed(0)
-    model = runs.build_model(config, len(CATEGORY_IDS))
-    rng = np.random.default_rng(0)
-    head = model.head
-    head.cls_logits.kernel.assign(rng.normal(0.0, 0.1, head.cls_logits.kernel.shape).astype(np.float32))
-    head.cls_logits.bias.assign(np.full(head.cls_logits.bias.shape, -4.0, np.float32))
-    model.save_weights(str(run / runs.WEIGHTS_FILE))
-    return run
+    config = student_run_config(root, retina_config(norm="bn"))
+    return write_confident_run(root, config, CATEGORY_IDS, CLASS_NAMES, cls_bias=-4.0, box_bias=None)
 
 
-def test_saved_model_and_tflite_match_keras(tmp_path):
-    from msad_tf.data.preprocess import network_input, normalize_image, pad_to_multiple
-    from msad_tf.evaluation import evaluator
+def test_saved_model_and_tflite_match_keras(tmp_path, monkeypatch):
+    from msad_tf.data.preprocess import network_input
     from msad_tf.export.benchmark_infer import saved_model_results
     from msad_tf.export.saved_model import export_run_saved_model, export_spec
     from msad_tf.export.tflite import (
@@ -240,7 +233,6 @@ def test_saved_model_and_tflite_match_keras(tmp_path):
         TFLiteDetector,
         export_run_tflite,
         flatten_head_outputs,
-        prepare_input,
         tflite_ops,
     )
     from msad_tf.training.train import load_split
@@ -248,48 +240,18 @@ def test_saved_model_and_tflite_match_keras(tmp_path):
     run = _confident_run(tmp_path)
     config, model, ids, _ = runs.load_run(run)
     dataset = load_split(config, config.data.val_split)
-    captured = {}
-    original = evaluator.evaluate_coco
-
-    def capture(coco, results, image_ids):
-        captured["results"] = results
-        return original(coco, results, image_ids)
-
-    evaluator.evaluate_coco = capture
-    try:
-        evaluator.evaluate_model(model, dataset, config, "low", progress=False)
-    finally:
-        evaluator.evaluate_coco = original
-    results = captured["results"]
+    _, results = evaluate_capturing(monkeypatch, model, dataset, config, "low")
     assert len(results) > 0
 
     spec = export_spec(model, config)
     export_dir = export_run_saved_model(run, tmp_path / "saved_models", "retina")
     served = saved_model_results(export_dir, dataset.records, spec, config.eval.batch_size)
-    _assert_same_results(served, results, box_atol=0.02, score_atol=1e-4)
+    assert_same_results(served, results, box_atol=0.02, score_atol=1e-4)
 
     path = export_run_tflite(run, tmp_path / "saved_models", "retina")
     ops = tflite_ops(path)
     assert not [op for op in ops if op.startswith("CUSTOM") or op.startswith("FLEX")], ops
-    detector = TFLiteDetector(path, num_threads=1)
-    record = dataset.records[0]
-    image = tf.io.decode_image(tf.io.read_file(record.path), channels=3, expand_animations=False)
-    canvas, size, scale = prepare_input(image, spec, detector.input_size)
-    low, low_size = network_input(pad_to_multiple(normalize_image(canvas), 128), size[None], 2)
-    keras_out = model.detect(low, low_size, 1)
-    n = int(keras_out["num_detections"][0])
-    boxes, scores, classes = detector.detect_image(image)
-    assert n > 0 and len(scores) == n
-    as_results = lambda b, s, c: [  # noqa: E731
-        {"image_id": 0, "category_id": int(ci), "bbox": bi.tolist(), "score": float(si)}
-        for bi, si, ci in zip(b, s, c)
-    ]
-    _assert_same_results(
-        as_results(boxes, scores, classes),
-        as_results(keras_out["boxes"][0, :n].numpy() * 2 / scale, keras_out["scores"][0, :n].numpy(),
-                   np.array(ids)[keras_out["classes"][0, :n].numpy()]),
-        box_atol=1e-3, score_atol=1e-5,
-    )
+    canvas, size = assert_tflite_detects_as_keras(path, model, spec, dataset.records[0], ids)
 
     raw_path = export_run_tflite(run, tmp_path / "saved_models", "retina", raw=True)
     module = TFLiteDetectionModule(model, spec, ids)
@@ -299,21 +261,3 @@ def test_saved_model_and_tflite_match_keras(tmp_path):
     raw = TFLiteDetector(raw_path)(canvas, np.asarray(size))
     assert set(raw) == {"cls_logits", "box_reg"}
     assert max(float(np.abs(raw[k] - keras_raw[k].numpy()).max()) for k in keras_raw) < 1e-3
-
-
-def _assert_same_results(a, b, box_atol, score_atol):
-    """Same detections (category, score, box to the tolerances), in any order."""
-    assert len(a) == len(b)
-    unused = list(b)
-    for r in a:
-        match = next(
-            (
-                i for i, o in enumerate(unused)
-                if o["image_id"] == r["image_id"] and o["category_id"] == r["category_id"]
-                and abs(o["score"] - r["score"]) <= score_atol
-                and np.abs(np.subtract(o["bbox"], r["bbox"])).max() <= box_atol
-            ),
-            None,
-        )
-        assert match is not None, f"no match for {r}"
-        unused.pop(match)

@@ -132,7 +132,7 @@ def export_ap_report(run_dir, resolution: str | None = None, formats=AP_FORMATS,
         )
         return evaluate_coco(dataset.coco, results, np.unique(image_ids)), image_ids
 
-    report = {"run": str(run_dir), "spec": vars_of(spec), "metrics": {}, "checks": {}, "seconds": {}}
+    report = {"run": str(run_dir), "spec": spec.as_dict(), "metrics": {}, "checks": {}, "seconds": {}}
     start = time.perf_counter()
     report["metrics"]["keras"], image_ids = keras_metrics(spec.input_multiple)
     report["seconds"]["keras"] = time.perf_counter() - start
@@ -202,18 +202,6 @@ def format_ap_report(report: dict) -> str:
             f"{name:<16} AP - AP_keras = {check['delta_AP']:+.3f} (tolerance {check['tolerance']}) {verdict}"
         )
     return "\n".join(lines)
-
-
-def vars_of(spec: ExportSpec) -> dict:
-    return {
-        "resolution": spec.resolution,
-        "short_side": spec.short_side,
-        "max_side": spec.max_side,
-        "shift": spec.shift,
-        "pad_multiple": spec.pad_multiple,
-        "subsample": spec.subsample,
-        "input_norm": spec.input_norm,
-    }
 
 
 # ------------------------------------------------------------------------------------ latency
@@ -403,7 +391,7 @@ def prepare_resolution(model, config, resolution: str, workdir, category_ids, na
                 sizes[name] = path.stat().st_size
     info = {
         "run": str(run_dir),
-        "spec": vars_of(spec),
+        "spec": spec.as_dict(),
         "input": [int(h), int(w)],
         "padded_input": [int(padded[0]), int(padded[1])],
         "network_input": [int(network_padded[0]), int(network_padded[1])],

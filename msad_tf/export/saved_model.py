@@ -63,6 +63,10 @@ class ExportSpec:
     subsample: int = 1
     input_norm: str = "imagenet_std"
 
+    def as_dict(self) -> dict:
+        """The fields by name (the spec of ``msad_export.json`` and of the benchmark reports)."""
+        return dataclasses.asdict(self)
+
     @property
     def input_multiple(self) -> int:
         """The resized image is padded to a multiple of this before the subsample, so that the
@@ -281,14 +285,8 @@ def detections_to_od_api(detections, image_sizes, category_ids, subsample: int =
 def export_info(spec: ExportSpec, category_ids, category_names, source_run=None, **extra) -> dict:
     """The ``msad_export.json`` record of an export."""
     info = {
-        "resolution": spec.resolution,
-        "short_side": spec.short_side,
-        "max_side": spec.max_side,
-        "shift": spec.shift,
-        "pad_multiple": spec.pad_multiple,
-        "subsample": spec.subsample,
+        **spec.as_dict(),
         "low_input": ("subsample" if spec.subsample > 1 else "resize") if spec.resolution == "low" else None,
-        "input_norm": spec.input_norm,
         "category_ids": [int(i) for i in category_ids],
         "category_names": list(category_names),
         "source_run": str(Path(source_run).resolve()) if source_run else None,

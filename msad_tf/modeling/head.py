@@ -34,6 +34,26 @@ def prior_bias(prior_prob: float) -> float:
     return -math.log((1 - prior_prob) / prior_prob)
 
 
+def tower_head_layers(channels: int, num_convs: int, gn_groups: int | None, cls_filters: int,
+                      box_filters: int, prior_prob: float, init) -> tuple:
+    """The layers the FCOS and RetinaNet heads share, made in this order: the ``cls_tower`` and
+    ``box_tower`` (``conv_tower``), the 3x3 ``cls_logits`` conv of ``cls_filters`` outputs with
+    bias ``prior_bias(prior_prob)`` and the 3x3 ``box_pred`` conv of ``box_filters`` outputs,
+    all with kernel initializer ``init``. Returns (cls_tower, box_tower, cls_logits, box_pred)."""
+    cls_tower = conv_tower("cls_tower", channels, num_convs, gn_groups, init)
+    box_tower = conv_tower("box_tower", channels, num_convs, gn_groups, init)
+    cls_logits = keras.layers.Conv2D(
+        cls_filters,
+        3,
+        padding="same",
+        kernel_initializer=init,
+        bias_initializer=keras.initializers.Constant(prior_bias(prior_prob)),
+        name="cls_logits",
+    )
+    box_pred = keras.layers.Conv2D(box_filters, 3, padding="same", kernel_initializer=init, name="box_pred")
+    return cls_tower, box_tower, cls_logits, box_pred
+
+
 class FCOSHead(keras.layers.Layer):
     """Classification, box regression and centerness over a list of pyramid levels.
 
@@ -71,19 +91,8 @@ class FCOSHead(keras.layers.Layer):
         self.num_levels = num_levels
         self.prior_prob = prior_prob
         init = keras.initializers.RandomNormal(stddev=0.01)
-        self.cls_tower = conv_tower("cls_tower", channels, num_convs, gn_groups, init)
-        self.box_tower = conv_tower("box_tower", channels, num_convs, gn_groups, init)
-        bias = prior_bias(prior_prob)
-        self.cls_logits = keras.layers.Conv2D(
-            num_classes,
-            3,
-            padding="same",
-            kernel_initializer=init,
-            bias_initializer=keras.initializers.Constant(bias),
-            name="cls_logits",
-        )
-        self.box_pred = keras.layers.Conv2D(
-            4, 3, padding="same", kernel_initializer=init, name="box_pred"
+        self.cls_tower, self.box_tower, self.cls_logits, self.box_pred = tower_head_layers(
+            channels, num_convs, gn_groups, num_classes, 4, prior_prob, init
         )
         self.centerness = keras.layers.Conv2D(
             1, 3, padding="same", kernel_initializer=init, name="centerness"

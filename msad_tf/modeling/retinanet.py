@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from msad_tf.modeling.boxes import level_locations
-from msad_tf.modeling.head import conv_tower, prior_bias, run_tower
+from msad_tf.modeling.head import run_tower, tower_head_layers
 from msad_tf.modeling.postprocess import (
     PostprocessConfig,
     clip_candidates,
@@ -193,19 +193,8 @@ class RetinaNetHead(keras.layers.Layer):
         self.prior_prob = prior_prob
         init = keras.initializers.RandomNormal(stddev=0.01)
         groups = gn_groups if norm == "gn" else None
-        self.cls_tower = conv_tower("cls_tower", channels, num_convs, groups, init)
-        self.box_tower = conv_tower("box_tower", channels, num_convs, groups, init)
-        bias = prior_bias(prior_prob)
-        self.cls_logits = keras.layers.Conv2D(
-            num_anchors * num_classes,
-            3,
-            padding="same",
-            kernel_initializer=init,
-            bias_initializer=keras.initializers.Constant(bias),
-            name="cls_logits",
-        )
-        self.box_pred = keras.layers.Conv2D(
-            num_anchors * 4, 3, padding="same", kernel_initializer=init, name="box_pred"
+        self.cls_tower, self.box_tower, self.cls_logits, self.box_pred = tower_head_layers(
+            channels, num_convs, groups, num_anchors * num_classes, num_anchors * 4, prior_prob, init
         )
 
     def build(self, input_shape=None):
