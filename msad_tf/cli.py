@@ -269,6 +269,23 @@ def cmd_fusion_analysis(args):
     print(json.dumps(out, indent=2, default=str))
 
 
+def cmd_anchors(args):
+    from msad_tf.modeling.retinanet_detector import dataset_anchor_coverage
+
+    config = _resolve_config(args)
+    sizes = args.sizes or [config.model.anchor_size]
+    result = dataset_anchor_coverage(config, sizes, args.split, progress=not args.quiet)
+    print(f"anchor coverage of {config.data.ann_file(args.split)} at {config.data.short_side} px "
+          f"(positive IoU >= {config.model.positive_iou}; a box below it gets its best anchors anyway)")
+    print(f"{'anchor_size':>11} {'boxes':>7} {'covered':>8} {'best IoU':>9} {'pos/box':>8}")
+    for size, row in result.items():
+        print(f"{size:>11g} {row['boxes']:>7d} {row['covered']:>8.3f} {row['mean_best_iou']:>9.3f} "
+              f"{row['positives_per_box']:>8.2f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"split": args.split, "coverage": result}, indent=2) + "\n")
+
+
 def cmd_benchmark(args):
     from msad_tf.evaluation.benchmark import benchmark_train, format_train_benchmark
 
@@ -439,6 +456,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--max-images", type=int)
     p.set_defaults(func=cmd_fusion_analysis)
+
+    p = sub.add_parser("anchors", help="how well RetinaNet anchors of each size cover a dataset's boxes",
+                       description="For each model.anchor_size: the fraction of boxes whose best anchor "
+                                   "reaches model.positive_iou, the mean best IoU and the anchors per box "
+                                   "at that IoU, on the boxes as the pipeline resizes them.")
+    _add_config_args(p, default_config="configs/reproduce.yaml")
+    p.add_argument("--sizes", nargs="+", type=float, help="anchor sizes in strides (default: the config's)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--json")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_anchors)
 
     p = sub.add_parser("benchmark", help="throughput benchmarks")
     bench = p.add_subparsers(dest="what", required=True)

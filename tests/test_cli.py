@@ -77,3 +77,26 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--run", str(tmp_path)])
     assert "run directory" in capsys.readouterr().err
+
+
+def test_anchors_reports_coverage_of_the_split(tiny_run, tmp_path, capsys):
+    from msad_tf.config import load_config
+    from msad_tf.losses.retinanet import anchor_coverage
+    from msad_tf.modeling.retinanet_detector import target_spec_from
+
+    data, _ = tiny_run
+    out = tmp_path / "anchors.json"
+    main(["anchors", "--config", "configs/demo.yaml", "--set", f"data.root={data}", "--sizes", "1", "4",
+          "--split", "val", "--json", str(out), "--quiet"])
+    assert "anchor_size" in capsys.readouterr().out
+    coverage = json.loads(out.read_text())["coverage"]
+    annotations = json.loads((data / "annotations" / "instances_val.json").read_text())["annotations"]
+    # 128-px images at short_side 128: the pipeline leaves the boxes as annotated
+    boxes = [[y, x, y + h, x + w] for x, y, w, h in (a["bbox"] for a in annotations)]
+    for size in ("1.0", "4.0"):
+        config = load_config("configs/demo.yaml", [f"data.root={data}", f"model.anchor_size={size}"])
+        expected = anchor_coverage(boxes, (128, 128), target_spec_from(config.model))
+        assert coverage[size]["boxes"] == len(boxes) > 0
+        for key in ("covered", "mean_best_iou", "positives_per_box"):
+            assert coverage[size][key] == pytest.approx(expected[key], abs=1e-5)
+    assert coverage["1.0"]["positives_per_box"] < coverage["4.0"]["positives_per_box"]

@@ -11,6 +11,7 @@ from conftest import assert_two_replicas_match_one, toy_batch
 from msad_tf.losses.retinanet import (
     IGNORE,
     RetinaNetTargetSpec,
+    anchor_coverage,
     assign_targets,
     box_iou,
     delta_giou_loss,
@@ -47,6 +48,18 @@ def test_anchors_two_levels_hand_computed():
     np.testing.assert_allclose(anchors[8], [8, 0, 16, 8])
     # stride 16, single cell centred at (8, 8): 16x16, 32x8, 32x32, 64x16
     np.testing.assert_allclose(anchors[16:], [[0, 0, 16, 16], [-8, 4, 24, 12], [-8, -8, 24, 24], [-24, 0, 40, 16]])
+
+
+def test_anchor_coverage_hand_computed():
+    spec = RetinaNetTargetSpec(strides=(8, 16), anchors=SQUARE)
+    # an 8x8 anchor exactly; the same box shifted by 2 px (best IoU 36 / 92 with the 8x8 anchor
+    # at (0, 0), below 0.5); the single 16x16 anchor of stride 16 exactly
+    boxes = [[0, 0, 8, 8], [2, 2, 10, 10], [0, 0, 16, 16]]
+    result = anchor_coverage(boxes, (16, 16), spec, chunk=2)
+    assert result["boxes"] == 3
+    assert result["covered"] == pytest.approx(2 / 3)
+    assert result["mean_best_iou"] == pytest.approx((1 + 36 / 92 + 1) / 3, rel=1e-6)
+    assert result["positives_per_box"] == pytest.approx(2 / 3)
 
 
 def test_default_anchor_cell_is_retinanet():

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import tensorflow as tf
 
 from msad_tf.losses.fcos import global_sum, num_replicas, sigmoid_focal_loss
 from msad_tf.modeling.retinanet import (
     AnchorSpec,
     BoxCoder,
+    image_anchors,
     output_layout,
     pyramid_anchors,
 )
@@ -87,6 +89,34 @@ def match_anchors(anchors, boxes, classes, positive_iou=0.5, negative_iou=0.4, l
         tf.where(best_iou < negative_iou, -1, IGNORE),
     )
     return matched, labels
+
+
+def anchor_coverage(boxes, image_size, spec: RetinaNetTargetSpec, chunk: int = 4096) -> dict:
+    """How well the anchors of ``spec`` cover ground-truth boxes, to choose ``anchor_size``.
+
+    Args:
+      boxes: [N, 4] float [ymin, xmin, ymax, xmax] in the pixel frame of an input of
+        ``image_size`` (h, w), the frame ``spec.strides`` refers to.
+    Returns dict: boxes (N), covered (fraction of boxes whose best anchor IoU is >=
+    ``positive_iou``, i.e. matched without the low-quality rule), mean_best_iou, and
+    positives_per_box (mean number of anchors at IoU >= ``positive_iou``).
+    """
+    anchors = image_anchors(image_size, spec.strides, spec.anchors)
+    boxes = tf.convert_to_tensor(np.asarray(boxes, np.float32).reshape(-1, 4))
+    best, positives = [], []
+    for start in range(0, int(boxes.shape[0]), chunk):
+        iou = box_iou(boxes[start:start + chunk], anchors)
+        best.append(tf.reduce_max(iou, axis=1))
+        positives.append(tf.reduce_sum(tf.cast(iou >= spec.positive_iou, tf.float32), axis=1))
+    best = tf.concat(best, 0).numpy() if best else np.zeros([0], np.float32)
+    positives = tf.concat(positives, 0).numpy() if positives else np.zeros([0], np.float32)
+    count = len(best)
+    return {
+        "boxes": count,
+        "covered": float(np.mean(best >= spec.positive_iou)) if count else 0.0,
+        "mean_best_iou": float(np.mean(best)) if count else 0.0,
+        "positives_per_box": float(np.mean(positives)) if count else 0.0,
+    }
 
 
 def assign_targets(boxes, classes, sizes, spec: RetinaNetTargetSpec):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from msad_tf.losses.retinanet import (
     RetinaNetTargetSpec,
+    anchor_coverage,
     assign_targets,
     retinanet_losses,
 )
 from msad_tf.modeling.detector import Detector
+from msad_tf.modeling.pyramid import AlignedPyramid
 from msad_tf.modeling.retinanet import (
     AnchorSpec,
     BoxCoder,
@@ -30,6 +32,55 @@ def anchor_spec_from(config) -> AnchorSpec:
         scales=tuple(float(s) for s in config.anchor_scales),
         aspect_ratios=tuple(float(r) for r in config.anchor_aspect_ratios),
     )
+
+
+def target_spec_from(config) -> RetinaNetTargetSpec:
+    """``RetinaNetTargetSpec`` of a ModelConfig: the high-resolution strides of its pyramid,
+    its anchors and IoU thresholds."""
+    return RetinaNetTargetSpec(
+        strides=AlignedPyramid(tuple(config.head_levels), config.k).strides(0),
+        anchors=anchor_spec_from(config),
+        positive_iou=float(config.positive_iou),
+        negative_iou=float(config.negative_iou),
+    )
+
+
+def dataset_anchor_coverage(config, anchor_sizes, split: str = "train", progress: bool = False) -> dict:
+    """``anchor_coverage`` of the boxes of a split, as the evaluation pipeline resizes and pads
+    them (``data.short_side``, ``max_side``, ``pad_multiple``), for each ``model.anchor_size``
+    in ``anchor_sizes``: {anchor_size: dict(boxes, covered, mean_best_iou, positives_per_box)}.
+    Images of different padded sizes are grouped, each group with its own anchors."""
+    import dataclasses
+
+    import numpy as np
+
+    from msad_tf.data import build_dataset
+    from msad_tf.training.train import load_split
+    from tqdm import tqdm
+
+    data = load_split(config, split)
+    dataset = build_dataset(
+        data, short_side=config.data.short_side, max_side=config.data.max_side, batch_size=32,
+        max_boxes=max(len(r.boxes) for r in data.records) or 1, pad_multiple=config.data.pad_multiple,
+    )
+    by_shape: dict[tuple[int, int], list] = {}
+    for batch in tqdm(dataset, total=-(-len(data.records) // 32), desc=f"boxes of {split}", disable=not progress):
+        shape = tuple(int(v) for v in batch["images"].shape[1:3])
+        boxes = batch["boxes"].numpy()[batch["classes"].numpy() >= 0]
+        by_shape.setdefault(shape, []).append(boxes)
+    result = {}
+    for size in anchor_sizes:
+        model = dataclasses.replace(config.model, anchor_size=float(size))
+        spec = target_spec_from(model)
+        parts = [(anchor_coverage(np.concatenate(groups), shape, spec), sum(len(g) for g in groups))
+                 for shape, groups in by_shape.items()]
+        total = sum(count for _, count in parts)
+        result[float(size)] = {
+            "boxes": total,
+            **{key: sum(part[key] * count for part, count in parts) / max(total, 1)
+               for key in ("covered", "mean_best_iou", "positives_per_box")},
+        }
+    return result
 
 
 class RetinaNetDetector(Detector):
@@ -70,13 +121,7 @@ class RetinaNetDetector(Detector):
         )
 
     def make_target_spec(self):
-        cfg = self.model_config
-        return RetinaNetTargetSpec(
-            strides=self.pyramid.strides(0),
-            anchors=anchor_spec_from(cfg),
-            positive_iou=float(cfg.positive_iou),
-            negative_iou=float(cfg.negative_iou),
-        )
+        return target_spec_from(self.model_config)
 
     def assign_targets(self, boxes, classes, sizes):
         return assign_targets(boxes, classes, sizes, self.target_spec)
