@@ -8,7 +8,7 @@ from conftest import tiny_model_config
 from msad_tf.losses.fcos import FCOSTargetSpec, assign_targets
 from msad_tf.modeling.backbone import build_resnet, stage_channels
 from msad_tf.modeling.detector import FCOSDetector
-from msad_tf.modeling.fpn import FeaturePyramid
+from msad_tf.modeling.fpn import FeaturePyramid, _upsample_to
 from msad_tf.modeling.head import FCOSHead
 from msad_tf.modeling.postprocess import PostprocessConfig, postprocess
 from msad_tf.modeling.pyramid import AlignedPyramid
@@ -70,6 +70,58 @@ def test_fpn_levels_p1_to_p7_and_errors():
         high_only(feats, levels=(2, 3))
     clone = FeaturePyramid.from_config(fpn.get_config())
     assert clone.min_level == 1 and clone.channels == 8
+
+
+# Ops for which TensorFlow's oneDNN layout pass looks up an int32 kernel and, finding none it may
+# use, logs "E0000 ... oneDNN supports DT_INT32 only on platforms with AVX-512" (msad_tf/modeling/fpn.py).
+_ONEDNN_INT32_NOISY = ("Transpose", "ConjugateTranspose", "MatMul", "BatchMatMul", "BatchMatMulV2", "Einsum")
+
+
+def test_fpn_upsampling_is_repeat_bit_for_bit_and_its_gradient_has_no_int32_transpose():
+    """The FPN's nearest 2x upsampling equals ops.repeat twice, outputs and gradients bit for bit
+    (odd crops included), and its gradient graph holds no int32 Transpose (ops.repeat's does:
+    Tile's gradient)."""
+
+    def reference(x, like):
+        up = keras.ops.repeat(keras.ops.repeat(x, 2, axis=1), 2, axis=2)
+        shape = keras.ops.shape(like)
+        return up[:, : shape[1], : shape[2], :]
+
+    def value_and_gradient(upsample):
+        spec = tf.TensorSpec([None, None, None, None], tf.float32)
+
+        @tf.function(input_signature=[spec, spec, spec])
+        def run(x, like, upstream):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = upsample(x, like)
+                loss = tf.reduce_sum(y * upstream)
+            return y, tape.gradient(loss, x)
+
+        return run
+
+    ours, theirs = value_and_gradient(_upsample_to), value_and_gradient(reference)
+    rng = np.random.default_rng(0)
+    shapes = [(2, 3, 5, 4, 6, 10), (2, 3, 5, 4, 5, 9), (1, 4, 4, 8, 7, 8), (3, 1, 1, 2, 1, 2)]
+    for b, h, w, c, out_h, out_w in shapes:
+        x = (rng.normal(size=(b, h, w, c)) * 1e3).astype(np.float32)
+        # upstream gradients over 16 decades, so that a different summation order would show
+        upstream = (rng.normal(size=(b, out_h, out_w, c)) * 10.0 ** rng.integers(-8, 8, (b, out_h, out_w, c)))
+        like = np.zeros((b, out_h, out_w, 1), np.float32)
+        got = ours(x, like, upstream.astype(np.float32))
+        want = theirs(x, like, upstream.astype(np.float32))
+        for a, r in zip(got, want):
+            assert a.shape == r.shape
+            assert np.array_equal(a.numpy().view(np.uint32), r.numpy().view(np.uint32))
+
+    graph = ours.get_concrete_function().graph
+    noisy = [op.name for op in graph.get_operations()
+             if op.type in _ONEDNN_INT32_NOISY and op.get_attr("T") == tf.int32]
+    assert not noisy, noisy
+    # the reference does have one: this check would catch the op coming back
+    reference_graph = theirs.get_concrete_function().graph
+    assert any(op.type == "Transpose" and op.get_attr("T") == tf.int32
+               for op in reference_graph.get_operations())
 
 
 def test_head_shapes_and_shared_scales():

@@ -5,9 +5,29 @@ import keras
 from keras import ops
 
 
+def _repeat_twice(x, axis: int):
+    """``ops.repeat(x, 2, axis)`` (each element next to its copy) without a Tile op.
+
+    ``tf.repeat`` tiles, and TensorFlow's gradient of Tile transposes an int32 shape tensor
+    (``transpose(stack([multiples, input_shape]))``). With dynamic spatial sizes that Transpose
+    survives constant folding; oneDNN's graph rewrite (MklLayoutRewritePass) then finds int32,
+    which ``_MklTranspose`` does not take, and logs once per process, at the first train step of
+    every run, ``E0000 ... util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512.
+    Falling back to the default Eigen-based implementation`` (ERROR severity, so
+    TF_CPP_MIN_LOG_LEVEL=2 shows it; misleading too: the op simply runs in Eigen, with or without
+    AVX-512). Broadcasting a new size-2 axis and merging it gives the same values, and its
+    gradient (a reduce_sum over that axis, as in Tile's gradient) the same sums in the same
+    order: bit-identical outputs and gradients (tests/test_modeling.py), no int32 Transpose
+    (tests/test_quiet_logs.py checks a CLI run's stderr).
+    """
+    shape = ops.shape(x)
+    doubled = ops.broadcast_to(ops.expand_dims(x, axis + 1), (*shape[: axis + 1], 2, *shape[axis + 1 :]))
+    return ops.reshape(doubled, (*shape[:axis], -1, *shape[axis + 1 :]))
+
+
 def _upsample_to(x, like):
     """Nearest 2x upsampling of x [B, h, w, C], cropped to the spatial size of ``like``."""
-    up = ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)
+    up = _repeat_twice(_repeat_twice(x, 1), 2)
     shape = ops.shape(like)
     return up[:, : shape[1], : shape[2], :]
 
