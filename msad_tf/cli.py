@@ -96,7 +96,7 @@ def cmd_distill(args):
     cmd_train(args)
 
 
-def _evaluate_run(run_dir, split, resolutions, max_images, progress=True):
+def _evaluate_run(run_dir, split, resolutions, max_images, progress=True, categories="class"):
     from msad_tf.evaluation.evaluator import evaluate_model
     from msad_tf.resolution import branches_for
     from msad_tf.training import runs
@@ -108,11 +108,11 @@ def _evaluate_run(run_dir, split, resolutions, max_images, progress=True):
     rows = {}
     for resolution in resolutions:
         for label, branch in branches_for(model, resolution):
-            metrics = evaluate_model(
-                model, dataset, config, resolution, branch=branch, max_images=max_images, progress=progress
-            )
+            metrics = evaluate_model(model, dataset, config, resolution, branch=branch, max_images=max_images,
+                                     progress=progress, categories=categories)
             rows[label] = metrics
-            runs.update_metrics(run_dir, f"{split}/{label}", metrics)
+            scope = split if categories == "class" else f"{split}/{categories}"
+            runs.update_metrics(run_dir, f"{scope}/{label}", metrics)
     return rows
 
 
@@ -120,19 +120,25 @@ def cmd_evaluate(args):
     from msad_tf.evaluation.coco_eval import format_table, write_metrics
 
     if args.corruption:
+        if args.categories != "class":
+            raise ValueError("--categories applies to the plain evaluation, not to --corruption")
         if args.sweep:
             raise ValueError("--corruption and --sweep are separate evaluations: run one at a time")
         return _evaluate_corruptions(args)
     if args.severity:
         raise ValueError("--severity needs --corruption NAME (or all)")
+    if args.categories != "class" and (args.sweep or args.checkpoints):
+        raise ValueError("--categories applies to the plain evaluation, not to --sweep or --checkpoints")
     if args.sweep:
         return _sweep(args)
     if args.checkpoints:
         return _evaluate_checkpoints(args)
 
-    rows = _evaluate_run(args.run, args.split, args.resolutions, args.max_images, not args.quiet)
-    print(format_table(rows, title=f"{args.run} ({args.split})"))
-    out = Path(args.json or Path(args.run) / f"eval_{args.split}.json")
+    rows = _evaluate_run(args.run, args.split, args.resolutions, args.max_images, not args.quiet, args.categories)
+    scored = "" if args.categories == "class" else f", {args.categories} AP"
+    print(format_table(rows, title=f"{args.run} ({args.split}{scored})"))
+    suffix = "" if args.categories == "class" else f"_{args.categories}"
+    out = Path(args.json or Path(args.run) / f"eval_{args.split}{suffix}.json")
     write_metrics(out, rows)
     print(f"metrics written to {out}")
 
@@ -438,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", action="store_true",
                    help="evaluate every epoch checkpoint (AP against training steps; "
                         "writes RUN/eval_<split>_checkpoints.json)")
+    p.add_argument("--categories", default="class", choices=["class", "supercategory", "agnostic"],
+                   help="score by class (COCO AP), with the classes of a supercategory merged, or "
+                        "class-agnostic: separates locating from naming (writes "
+                        "RUN/eval_<split>_<categories>.json)")
     p.add_argument("--json", help="where to write the metrics (default RUN/eval_<split>.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)

@@ -75,3 +75,34 @@ def test_empty_results_and_table():
     assert evaluate_coco(None, [], image_ids=[1])["AP"] == 0.0
     text = format_table({"single @H": {"AP": 12.345, "AP50": 30.0}})
     assert "single @H" in text and "12.35" in text
+
+
+def test_supercategory_and_agnostic_scoring_hand_computed(tmp_path):
+    a, b, c = [10, 10, 40, 40], [100, 10, 40, 40], [10, 100, 40, 40]
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 200, "width": 300}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": cat, "bbox": box, "area": 1600, "iscrowd": 0}
+            for i, (cat, box) in enumerate([(5, a), (7, b), (9, c)])
+        ],
+        "categories": [{"id": 5, "name": "disk", "supercategory": "round"},
+                       {"id": 7, "name": "ring", "supercategory": "round"},
+                       {"id": 9, "name": "square", "supercategory": "box"}],
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(data))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(path))
+    results = [{"image_id": 1, "category_id": cat, "bbox": box, "score": score}
+               for cat, box, score in [(5, c, 0.95), (7, a, 0.9), (7, b, 0.8), (9, c, 0.7)]]
+    # by class: disk 0 (its only detection is on the square), ring 1/2 (the false "ring" on the
+    # disk outranks the true one), square 1
+    assert evaluate_coco(gt, results)["AP"] == pytest.approx(100 * (0 + 0.5 + 1) / 3, abs=1e-6)
+    # round = disk + ring: the "disk" on the square (0.95) is a false positive ranked first, then
+    # 2 hits: precision 2/3 at every recall; box: 1
+    assert evaluate_coco(gt, results, categories="supercategory")["AP"] == pytest.approx(
+        100 * (2 / 3 + 1) / 2, abs=1e-6)
+    # class-agnostic: the three boxes found first; the duplicate on the square comes last
+    assert evaluate_coco(gt, results, categories="agnostic")["AP"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="categories"):
+        evaluate_coco(gt, results, categories="pairs")

@@ -59,6 +59,17 @@ def test_claims_from_rows_reads_the_right_rows():
     assert all(c["holds"] == (c["excess"] > 0) for c in claims.values())
 
 
+def test_gap_closed_per_seed():
+    rows = {("vanilla", 0): {"high/-": {"AP": 40.0}, "low/-": {"AP": 30.0}}, ("student", 0): {"low/-": {"AP": 34.0}},
+            ("vanilla", 1): {"high/-": {"AP": 42.0}, "low/-": {"AP": 30.0}}, ("student", 1): {"low/-": {"AP": 36.0}},
+            ("vanilla", 2): {"high/-": {"AP": 41.0}, "low/-": {"AP": 31.0}}}
+    gap = reproduce.gap_closed(rows, (0, 1, 2))
+    assert gap["fraction"]["values"] == pytest.approx([0.4, 0.5])
+    assert gap["gap_AP"]["values"] == pytest.approx([10.0, 12.0])
+    assert gap["paper_fraction"] == pytest.approx(3.4 / 4.6)
+    assert reproduce.gap_closed(rows, (2,)) is None
+
+
 def test_run_order_puts_the_seeded_core_first():
     order = reproduce.all_runs()
     names = [f"{run.name}_s{seed}" for run, seed in order]

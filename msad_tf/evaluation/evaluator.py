@@ -66,13 +66,14 @@ def predict_coco(model, dataset, *, short_side, max_side, shift, batch_size=8, p
 
 
 def evaluate_model(model, dataset, config, resolution: str = "high", shift=None, branch=None,
-                   max_images=None, progress=True, corruption=None, bar=None) -> dict[str, float]:
+                   max_images=None, progress=True, corruption=None, bar=None,
+                   categories: str = "class") -> dict[str, float]:
     """COCO metrics of ``model`` on ``dataset`` at resolution ``high`` or ``low``.
 
     ``shift`` defaults to the model's own choice for that resolution (``model.shift_for``).
     The images are made as ``input_geometry`` says and normalised with ``model.input_norm``.
     ``corruption``: a ``corruptions.Corruption`` applied to each original image (robustness
-    evaluation); ``bar``: see ``predict_coco``.
+    evaluation); ``bar``: see ``predict_coco``; ``categories``: see ``evaluate_coco``.
     """
     from msad_tf.data.preprocess import resolve_input_norm
 
@@ -95,7 +96,7 @@ def evaluate_model(model, dataset, config, resolution: str = "high", shift=None,
         corruption=None if corruption is None or getattr(corruption, "is_identity", False) else corruption,
         bar=bar,
     )
-    return evaluate_coco(dataset.coco, results, np.unique(image_ids))
+    return evaluate_coco(dataset.coco, results, np.unique(image_ids), categories=categories)
 
 
 def evaluation_batches(dataset, config, max_images=None) -> int:
