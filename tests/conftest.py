@@ -63,7 +63,7 @@ def one_step(strategy, build, weights, batch, optimizer=lambda: keras.optimizers
         model = build()
         model.set_weights(weights)
         model.compile(optimizer=optimizer())
-    history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+    history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0, shuffle=False)
     return history.history, [w.numpy() for w in model.trainable_weights]
 
 

@@ -70,7 +70,7 @@ def test_train_mode_fit_step_moves_every_weight(mode):
     model = RetinaNetDetector(retina_config(), 3, train_mode=mode)
     initial = [w.numpy() for w in model.trainable_weights]
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-    history = model.fit(tf.data.Dataset.from_tensors(toy_batch(2, 128)), epochs=1, verbose=0).history
+    history = model.fit(tf.data.Dataset.from_tensors(toy_batch(2, 128)), epochs=1, verbose=0, shuffle=False).history
     branches = ("high",) if mode == "single" else ("high", "low")
     assert set(history) == _parts(branches)
     assert all(math.isfinite(v[0]) for v in history.values())
@@ -98,7 +98,7 @@ def test_teacher_losses_stages_branches_and_config():
     batch = toy_batch(2, 128)
     initial = [w.numpy() for w in teacher.trainable_weights]
     teacher.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-    history = teacher.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0).history
+    history = teacher.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0, shuffle=False).history
     assert set(history) == _parts(("high", "low", "fused"))
     np.testing.assert_allclose(
         history["loss"][0],
@@ -153,7 +153,7 @@ def test_msad_l1_fit_trains_only_the_student():
     teacher_before = [w.numpy() for w in teacher.weights]
     student_before = [w.numpy() for w in student.trainable_weights]
     distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-    history = distiller.fit(tf.data.Dataset.from_tensors(toy_batch(2, 128)), epochs=1, verbose=0).history
+    history = distiller.fit(tf.data.Dataset.from_tensors(toy_batch(2, 128)), epochs=1, verbose=0, shuffle=False).history
     assert history["loss_kd"][0] > 0 and math.isfinite(history["loss"][0])
     for a, b in zip(teacher_before, teacher.weights):
         np.testing.assert_array_equal(a, b.numpy())

@@ -71,7 +71,7 @@ def test_fit_step_joint_changes_all_weights():
     model = _teacher()
     initial = [w.numpy() for w in model.trainable_weights]
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), run_eagerly=True)
-    history = model.fit(_dataset(toy_batch(batch=2, size=128)), epochs=1, verbose=0).history
+    history = model.fit(_dataset(toy_batch(batch=2, size=128)), epochs=1, verbose=0, shuffle=False).history
     assert set(history) == set(model.loss_names())
     assert all(math.isfinite(history[k][0]) for k in history)
     np.testing.assert_allclose(
@@ -90,7 +90,7 @@ def test_fusion_stage_trains_only_the_fusion_module():
     detector = _detector_weights(model)
     fusion = [w.numpy() for w in model.fusion.weights]
     model.compile(optimizer=keras.optimizers.SGD(0.5), run_eagerly=True)
-    history = model.fit(_dataset(toy_batch(batch=2, size=128)), epochs=1, verbose=0).history
+    history = model.fit(_dataset(toy_batch(batch=2, size=128)), epochs=1, verbose=0, shuffle=False).history
     np.testing.assert_allclose(history["loss"][0], 0.4 * history["loss_fused"][0], rtol=1e-5)
     for before, after in zip(detector, _detector_weights(model)):
         np.testing.assert_array_equal(after, before)
@@ -105,7 +105,7 @@ def test_align_stage_leaves_fusion_untouched():
     fusion = [w.numpy() for w in model.fusion.weights]
     head = model.head.scales.numpy()
     model.compile(optimizer=keras.optimizers.SGD(0.05), run_eagerly=True)
-    history = model.fit(_dataset(toy_batch(batch=2, size=128)), epochs=1, verbose=0).history
+    history = model.fit(_dataset(toy_batch(batch=2, size=128)), epochs=1, verbose=0, shuffle=False).history
     np.testing.assert_allclose(
         history["loss"][0], history["loss_high"][0] + history["loss_low"][0], rtol=1e-5
     )
