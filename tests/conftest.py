@@ -199,9 +199,9 @@ def evaluate_capturing(monkeypatch, model, dataset, config, resolution="low"):
     captured = {}
     original = evaluator.evaluate_coco
 
-    def capture(coco, results, image_ids):
+    def capture(coco, results, image_ids, **kwargs):
         captured["results"] = results
-        return original(coco, results, image_ids)
+        return original(coco, results, image_ids, **kwargs)
 
     monkeypatch.setattr(evaluator, "evaluate_coco", capture)
     metrics = evaluator.evaluate_model(model, dataset, config, resolution, progress=False)
