@@ -78,11 +78,12 @@ class FeaturePyramid(keras.layers.Layer):
             )
             for level in range(min_level, 6)
         }
+        # P6 and P7 compute in float32 under every policy (see ``_to_compute_dtype``)
         self.p6 = keras.layers.Conv2D(
-            channels, 3, strides=2, padding="same", kernel_initializer=init, name="p6"
+            channels, 3, strides=2, padding="same", kernel_initializer=init, name="p6", dtype="float32"
         )
         self.p7 = keras.layers.Conv2D(
-            channels, 3, strides=2, padding="same", kernel_initializer=init, name="p7"
+            channels, 3, strides=2, padding="same", kernel_initializer=init, name="p7", dtype="float32"
         )
 
     def build(self, input_shape=None):
@@ -111,10 +112,24 @@ class FeaturePyramid(keras.layers.Layer):
                 outputs[level] = self.output_conv[level](inner)
         if high >= 6:
             p6 = self.p6(features[4])
-            outputs[6] = p6
+            outputs[6] = self._to_compute_dtype(p6)
             if high >= 7:
-                outputs[7] = self.p7(ops.relu(p6))
+                outputs[7] = self._to_compute_dtype(self.p7(ops.relu(p6)))
         return [outputs[level] for level in levels]
+
+    def _to_compute_dtype(self, output):
+        """The output of the float32 P6 / P7 conv in this layer's compute dtype.
+
+        The P6 and P7 convs (3x3, stride 2, SAME) read the coarsest maps: P7 reads a 1x1 P6 for
+        inputs of at most 64 px (the low branch of vanilla multi-scale training at 128 px), P6 a
+        1x1 C5 at most 32 px. For an input narrower than the stride, oneDNN's bfloat16 weight
+        gradient of a SAME conv (TensorFlow 2.21 CPU, ``brgconv_bwd_w`` on AVX512-BF16 and AMX)
+        returns garbage in some of the kernel taps that see only padding: 1e10..1e36 or NaN, in some
+        calls and not in others. mixed_bfloat16 training diverged within ten steps from it.
+        The float32 kernel is right; these two convs run on a few pixels, so float32 costs
+        little, and under a float32 policy nothing changes (tests/test_modeling.py).
+        """
+        return output if output.dtype == self.compute_dtype else ops.cast(output, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
