@@ -127,7 +127,7 @@ class FeaturePyramid(keras.layers.Layer):
         returns garbage in some of the kernel taps that see only padding: 1e10..1e36 or NaN, in some
         calls and not in others. mixed_bfloat16 training diverged within ten steps from it.
         The float32 kernel is right; these two convs run on a few pixels, so float32 costs
-        little, and under a float32 policy nothing changes (tests/test_modeling.py).
+        little, and under a float32 policy nothing changes (tests/test_mixed_precision.py).
         """
         return output if output.dtype == self.compute_dtype else ops.cast(output, self.compute_dtype)
 
