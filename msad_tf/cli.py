@@ -119,16 +119,14 @@ def _evaluate_run(run_dir, split, resolutions, max_images, progress=True, catego
 def cmd_evaluate(args):
     from msad_tf.evaluation.coco_eval import format_table, write_metrics
 
+    if args.categories != "class" and (args.corruption or args.sweep or args.checkpoints):
+        raise ValueError("--categories applies to the plain evaluation, not to --corruption, --sweep or --checkpoints")
     if args.corruption:
-        if args.categories != "class":
-            raise ValueError("--categories applies to the plain evaluation, not to --corruption")
         if args.sweep:
             raise ValueError("--corruption and --sweep are separate evaluations: run one at a time")
         return _evaluate_corruptions(args)
     if args.severity:
         raise ValueError("--severity needs --corruption NAME (or all)")
-    if args.categories != "class" and (args.sweep or args.checkpoints):
-        raise ValueError("--categories applies to the plain evaluation, not to --sweep or --checkpoints")
     if args.sweep:
         return _sweep(args)
     if args.checkpoints:

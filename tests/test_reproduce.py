@@ -67,6 +67,9 @@ def test_gap_closed_per_seed():
     assert gap["fraction"]["values"] == pytest.approx([0.4, 0.5])
     assert gap["gap_AP"]["values"] == pytest.approx([10.0, 12.0])
     assert gap["paper_fraction"] == pytest.approx(3.4 / 4.6)
+    assert gap["paper_gap_AP"] == pytest.approx(4.6)
+    retina = reproduce.gap_closed(rows, (0,), arch="retinanet")
+    assert retina["paper_fraction"] == pytest.approx(3.1 / 3.5)
     assert reproduce.gap_closed(rows, (2,)) is None
 
 

@@ -68,13 +68,12 @@ def dataset_anchor_coverage(config, anchor_sizes, split: str = "train", progress
         shape = tuple(int(v) for v in batch["images"].shape[1:3])
         boxes = batch["boxes"].numpy()[batch["classes"].numpy() >= 0]
         by_shape.setdefault(shape, []).append(boxes)
+    boxes_by_shape = {shape: np.concatenate(groups) for shape, groups in by_shape.items()}
+    total = sum(len(boxes) for boxes in boxes_by_shape.values())
     result = {}
     for size in anchor_sizes:
-        model = dataclasses.replace(config.model, anchor_size=float(size))
-        spec = target_spec_from(model)
-        parts = [(anchor_coverage(np.concatenate(groups), shape, spec), sum(len(g) for g in groups))
-                 for shape, groups in by_shape.items()]
-        total = sum(count for _, count in parts)
+        spec = target_spec_from(dataclasses.replace(config.model, anchor_size=float(size)))
+        parts = [(anchor_coverage(boxes, shape, spec), len(boxes)) for shape, boxes in boxes_by_shape.items()]
         result[float(size)] = {
             "boxes": total,
             **{key: sum(part[key] * count for part, count in parts) / max(total, 1)
