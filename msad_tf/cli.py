@@ -346,7 +346,7 @@ def cmd_reproduce(args):
     run_reproduce(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
                   seeds=tuple(args.seeds), variants=not args.no_variants, plateau=not args.no_plateau,
                   curves=not args.no_curves, jobs=args.jobs, report_only=args.report_only,
-                  keep=args.keep or None, extensions=not args.no_extensions)
+                  keep=args.keep or None, extensions=not args.no_extensions, tables=args.tables)
 
 
 _JOBS_HELP = ("runs trained at once, each in its own process (default 2: on a 2-core CPU the small models' "
@@ -558,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "repository; the report reads them when OUT lacks a run); '' for nowhere")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report of the runs finished so far")
+    p.add_argument("--tables", nargs="+", metavar="TABLE",
+                   help="only the runs of these tables and the teachers they need (1, 2, 2c, 3a, 4, controls, "
+                        "plateau, sr, fig7, retina, kd); the report then shows only them")
     p.set_defaults(func=cmd_reproduce)
     return parser
 
@@ -595,6 +598,9 @@ def main(argv=None):
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        for backend in ("tensorflow", "absl"):
+            logging.getLogger(backend).setLevel(logging.WARNING)
     from msad_tf.config import ConfigError
 
     try:

@@ -14,11 +14,12 @@ from conftest import tiny_train_config
 NATIVE_ERROR = re.compile(r"^[EF]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\]", re.MULTILINE)
 
 
-def test_train_run_stderr_has_no_native_error_lines(tmp_path, tiny_data):
+def test_train_and_export_stderr_have_no_backend_noise(tmp_path, tiny_data):
     """One aligned (high + low branch) training epoch of 2 steps: stderr holds the run's INFO
     lines and progress, and no "E0000 ... oneDNN supports DT_INT32 only on platforms with AVX-512"
     (the FPN upsampling's gradient once had an int32 Transpose, msad_tf/modeling/fpn.py) nor any
-    other native ERROR line."""
+    other native ERROR line. Its export then logs none of TensorFlow's own INFO lines (the
+    SavedModel writer's "Function `_serve_images` contains input name(s) resource ...")."""
     config_path = tmp_path / "tiny.yaml"
     tiny_train_config(tiny_data, mode="aligned", epochs=1, steps_per_epoch=2, backup_every=0).save(config_path)
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_VMODULE")}
@@ -29,4 +30,13 @@ def test_train_run_stderr_has_no_native_error_lines(tmp_path, tiny_data):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training FCOSDetector (aligned)" in done.stderr  # the run's own log lines do reach stderr
     assert "oneDNN supports" not in done.stderr, done.stderr[-3000:]
+    assert not NATIVE_ERROR.findall(done.stderr), NATIVE_ERROR.findall(done.stderr)
+
+    export = [sys.executable, "-m", "msad_tf.cli", "export", "--run", str(tmp_path / "run"),
+              "--out", str(tmp_path / "exported")]
+    done = subprocess.run(export, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "exported").is_dir()
+    assert "contains input name(s)" not in done.stderr, done.stderr[-3000:]
+    assert not re.findall(r"^INFO[ :](tensorflow|absl)", done.stderr, re.MULTILINE), done.stderr[-3000:]
     assert not NATIVE_ERROR.findall(done.stderr), NATIVE_ERROR.findall(done.stderr)

@@ -196,3 +196,13 @@ def test_tiny_extension_rows_train_and_evaluate(tiny_data, tmp_path):
     assert set(table["sr_student_skd"]["rows"]) == {"high/-"}
     assert set(table["retina_teacher"]["rows"]) == {"high/fused", "high/high", "low/low"}
     assert {c["claim"] for c in result["claims"]} >= {"same_res_skd_above_alone", "retina_student_above_no_kd"}
+
+
+def test_tables_select_their_runs_and_the_teachers_they_need():
+    names = [f"{run.name}_s{seed}" for run, seed in reproduce.all_runs(tables=["sr"])]
+    assert names == ["single_s0", "single_s1", "single_s2"] + [
+        f"sr_student{suffix}_s{seed}" for seed in (0, 1, 2) for suffix in ("", "_skd", "_msad_l1", "_fgfi")]
+    retina = [f"{run.name}_s{seed}" for run, seed in reproduce.all_runs(seeds=(0,), tables=["retina"])]
+    assert retina == ["retina_vanilla_s0", "retina_teacher_s0", "retina_student_s0", "retina_student_no_kd_s0"]
+    with pytest.raises(ValueError, match="unknown tables"):
+        reproduce.all_runs(tables=["table9"])
