@@ -21,7 +21,6 @@ Every command takes ``--help``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -565,35 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Send file descriptor 2 to /dev/null while TensorFlow loads and finds its devices: its
-    C++ start-up lines (oneDNN notice, no CUDA driver, cuInit failure on a CPU machine) are
-    written before its logging is configured, so TF_CPP_MIN_LOG_LEVEL cannot hide them.
-    Python exceptions are unaffected (re-raised after the descriptor is restored)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def load_tensorflow_quietly() -> None:
-    """Import TensorFlow and initialise its devices without its native start-up noise."""
-    with _native_stderr_silenced():
-        import tensorflow as tf
-
-        tf.config.list_logical_devices()
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if not args.verbose:
+        from msad_tf.native_logs import load_tensorflow_quietly
+
         load_tensorflow_quietly()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

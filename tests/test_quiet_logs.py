@@ -19,7 +19,8 @@ def test_train_and_export_stderr_have_no_backend_noise(tmp_path, tiny_data):
     lines and progress, and no "E0000 ... oneDNN supports DT_INT32 only on platforms with AVX-512"
     (the FPN upsampling's gradient once had an int32 Transpose, msad_tf/modeling/fpn.py) nor any
     other native ERROR line. Its export then logs none of TensorFlow's own INFO lines (the
-    SavedModel writer's "Function `_serve_images` contains input name(s) resource ...")."""
+    SavedModel writer's "Function `_serve_images` contains input name(s) resource ..."), and its
+    int8 TFLite export none of the quantizer's native "fully_quantize: 0, ..." lines."""
     config_path = tmp_path / "tiny.yaml"
     tiny_train_config(tiny_data, mode="aligned", epochs=1, steps_per_epoch=2, backup_every=0).save(config_path)
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_VMODULE")}
@@ -40,3 +41,11 @@ def test_train_and_export_stderr_have_no_backend_noise(tmp_path, tiny_data):
     assert "contains input name(s)" not in done.stderr, done.stderr[-3000:]
     assert not re.findall(r"^INFO[ :](tensorflow|absl)", done.stderr, re.MULTILINE), done.stderr[-3000:]
     assert not NATIVE_ERROR.findall(done.stderr), NATIVE_ERROR.findall(done.stderr)
+
+    done = subprocess.run(export + ["--format", "tflite", "--quantize", "int8", "--representative-images", "4"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "exported").rglob("*.tflite"))
+    noise = done.stdout + done.stderr
+    assert "fully_quantize" not in noise and "inference_type" not in noise, noise[-3000:]
+    assert not NATIVE_ERROR.findall(noise), NATIVE_ERROR.findall(noise)

@@ -43,6 +43,7 @@ from msad_tf.export.saved_model import (
     read_export_info,
 )
 from msad_tf.modeling.postprocess import image_candidates
+from msad_tf.native_logs import native_output_held
 from msad_tf.resolution import is_multi_branch, resolve_branch
 
 #: The raw outputs of an FCOS model (other detectors: their head's output keys).
@@ -343,7 +344,8 @@ def convert(module: TFLiteDetectionModule, quantize: str = "none", representativ
         ]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-        model = _quantize_int8(converter) if quantize == "int8" else converter.convert()
+        with native_output_held():
+            model = _quantize_int8(converter) if quantize == "int8" else converter.convert()
     custom = sorted(op for op in tflite_ops(model) if op.startswith("CUSTOM:"))
     if custom:
         raise ValueError(f"the converted model needs non-builtin ops: {', '.join(custom)}")

@@ -41,7 +41,7 @@ def _run(target, args, log) -> None:
         os.dup2(stream.fileno(), 1)
         os.dup2(stream.fileno(), 2)
         sys.stdout = sys.stderr = stream
-    from msad_tf.cli import load_tensorflow_quietly
+    from msad_tf.native_logs import load_tensorflow_quietly
 
     load_tensorflow_quietly()
     target(*args)
