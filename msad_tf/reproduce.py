@@ -289,7 +289,8 @@ def _values(rows, name, key, seeds):
 
 
 def claims_from(rows, seeds) -> list[dict]:
-    """The five claims of the issue plus equal-total-training, from evaluated rows."""
+    """The five claims of the issue plus equal-total-training, from evaluated rows, for FCOS
+    (the core runs) and for RetinaNet (its ``retina_`` runs), then the same-resolution claims."""
     v = lambda name, key: _values(rows, name, key, seeds)  # noqa: E731
     out = []
 
@@ -299,24 +300,27 @@ def claims_from(rows, seeds) -> list[dict]:
             out.append(_claim(*args, **kwargs))
 
     add("aligned_L_above_vanilla_L", "aligned @L above vanilla @L", v("aligned", "low/-"), v("vanilla", "low/-"))
-    fused = v("teacher", "high/fused")
-    add("cff_fused_above_H_branch", "C-FF fused above its H branch", fused, v("teacher", "high/high"))
-    add("cff_fused_above_L_branch", "C-FF fused above its L branch", fused, v("teacher", "low/low"))
-    add("student_3AP_above_vanilla_L", "student @L at least 3 AP above vanilla @L", v("student", "low/-"),
-        v("vanilla", "low/-"), margin=3.0)
-    add("student_within_1.5_of_vanilla_H", "student @L at most 1.5 AP below vanilla @H", v("student", "low/-"),
-        v("vanilla", "high/-"), margin=1.5, higher=False)
-    add("student_above_no_kd", "student above the no-KD control", v("student", "low/-"), v("student_no_kd", "low/-"))
+    for prefix, detector in (("", ""), ("retina_", "RetinaNet ")):
+        def r(name, key, prefix=prefix):
+            return v(prefix + name, key)
+
+        fused = r("teacher", "high/fused")
+        add(f"{prefix}cff_fused_above_H_branch", f"{detector}C-FF fused above its H branch", fused,
+            r("teacher", "high/high"))
+        add(f"{prefix}cff_fused_above_L_branch", f"{detector}C-FF fused above its L branch", fused,
+            r("teacher", "low/low"))
+        add(f"{prefix}student_3AP_above_vanilla_L", f"{detector}student @L at least 3 AP above vanilla @L",
+            r("student", "low/-"), r("vanilla", "low/-"), margin=3.0)
+        add(f"{prefix}student_within_1.5_of_vanilla_H", f"{detector}student @L at most 1.5 AP below vanilla @H",
+            r("student", "low/-"), r("vanilla", "high/-"), margin=1.5, higher=False)
+        add(f"{prefix}student_above_no_kd", f"{detector}student above the no-KD control", r("student", "low/-"),
+            r("student_no_kd", "low/-"))
     add("student_above_equal_training_L", "student @L above vanilla @L trained teacher + student steps",
         v("student", "low/-"), v("vanilla_equal", "low/-"))
     alone = v("sr_student", "high/-")
     for loss in ("skd", "msad_l1", "fgfi"):
         add(f"same_res_{loss}_above_alone", f"same-resolution small student + {loss} above the student alone",
             v(f"sr_student_{loss}", "high/-"), alone)
-    add("retina_student_above_vanilla_L", "RetinaNet student @L above RetinaNet vanilla @L",
-        v("retina_student", "low/-"), v("retina_vanilla", "low/-"))
-    add("retina_student_above_no_kd", "RetinaNet student above its no-KD control",
-        v("retina_student", "low/-"), v("retina_student_no_kd", "low/-"))
     return out
 
 

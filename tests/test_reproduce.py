@@ -168,7 +168,9 @@ def test_extension_rows_follow_the_core_and_read_the_right_rows():
         rows[("retina_student", seed)] = {"low/-": {"AP": 23.0 + seed}}
     claims = {c["claim"]: c for c in reproduce.claims_from(rows, (0, 1, 2))}
     assert claims["same_res_skd_above_alone"]["difference"] == pytest.approx(2.0)
-    assert claims["retina_student_above_vanilla_L"]["difference"] == pytest.approx(3.0)
+    assert claims["retina_student_3AP_above_vanilla_L"]["difference"] == pytest.approx(3.0)
+    assert claims["retina_student_3AP_above_vanilla_L"]["holds"] is False
+    assert claims["retina_student_within_1.5_of_vanilla_H"]["difference"] == pytest.approx(-6.0)
     assert "same_res_fgfi_above_alone" not in claims
     assert reproduce.teacher_student_points(rows) is None
     rows[("single_quarter", 0)] = {"high/-": {"AP": 30.0}}
