@@ -508,6 +508,18 @@ class _Plan:
         t = time.time()
         train(config, self.out / key, progress=False)
         self.seconds[key] = time.time() - t
+        self.refresh_rows(key)
+
+    def refresh_rows(self, key) -> None:
+        """A kept run trained again (its weights were gone and a student needs them): its
+        cached rows are of the old weights, so they are set aside (RETRAINED_FILE, kept too)
+        and the new weights evaluated, so that the report shows the teacher that taught."""
+        cache = self.out / key / "reproduce_eval.json"
+        if cache.is_file():
+            cache.replace(cache.with_name(RETRAINED_FILE))
+            run, _ = self.by_name[key]
+            _evaluate(self.out / key, run.evals, self.val)
+            self.save(key)
 
     def produce(self, key, progress=False, start=None) -> dict:
         """Trains (with its teacher when needed) and evaluates one run: the epoch curve first,
@@ -532,7 +544,7 @@ class _Plan:
         if self.keep is None:
             return
         (self.keep / key).mkdir(parents=True, exist_ok=True)
-        for name in ("reproduce_eval.json", "config.yaml", "history.csv"):
+        for name in ("reproduce_eval.json", "config.yaml", "history.csv", RETRAINED_FILE):
             if (self.out / key / name).is_file():
                 shutil.copy(self.out / key / name, self.keep / key / name)
 
@@ -575,6 +587,8 @@ class _Plan:
 
 
 DIVERGED_FILE = "diverged.txt"
+#: The evaluations of a kept run's earlier weights, set aside when the run was trained again.
+RETRAINED_FILE = "reproduce_eval_before_retraining.json"
 
 
 def _produce(args, key) -> None:

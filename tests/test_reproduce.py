@@ -208,3 +208,34 @@ def test_tables_select_their_runs_and_the_teachers_they_need():
     assert retina == ["retina_vanilla_s0", "retina_teacher_s0", "retina_student_s0", "retina_student_no_kd_s0"]
     with pytest.raises(ValueError, match="unknown tables"):
         reproduce.all_runs(tables=["table9"])
+
+
+def test_a_kept_run_trained_again_is_evaluated_again(tiny_data, tmp_path, monkeypatch):
+    """A kept teacher whose weights are gone is retrained for its student: its kept rows (of
+    the old weights) are set aside, in OUT and in the keep directory, and the new weights are
+    evaluated and kept."""
+    from conftest import write_tiny_yaml
+
+    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
+    keep, out = tmp_path / "keep", tmp_path / "out"
+    old = {"final/high/fused/subsample": {"AP": 1.0}}
+    (keep / "teacher_s0").mkdir(parents=True)
+    (keep / "teacher_s0" / "reproduce_eval.json").write_text(json.dumps(old))
+    plan = reproduce._Plan(str(path), out, str(tiny_data), [], (0,), False, False, False, keep, False)
+    assert plan.cached("teacher_s0") is None and (out / "teacher_s0" / "reproduce_eval.json").is_file()
+    trained, evaluated = [], []
+    monkeypatch.setattr("msad_tf.training.train.train", lambda config, run_dir, progress: trained.append(run_dir.name))
+
+    def evaluate(run_dir, evals, val, weights=None, tag="final"):
+        evaluated.append((run_dir.name, tuple(evals)))
+        (run_dir / "reproduce_eval.json").write_text(json.dumps({"new": 2.0}))
+
+    monkeypatch.setattr(reproduce, "_evaluate", evaluate)
+    plan.ensure_weights("teacher_s0")
+    assert trained == ["teacher_s0"]
+    assert evaluated == [("teacher_s0", (("high", "fused"), ("high", "high"), ("low", "low")))]
+    for root in (out, keep):
+        assert json.loads((root / "teacher_s0" / reproduce.RETRAINED_FILE).read_text()) == old
+        assert json.loads((root / "teacher_s0" / "reproduce_eval.json").read_text()) == {"new": 2.0}
+    plan.ensure_weights("single_s0")
+    assert evaluated[1:] == [] and trained[1:] == ["single_s0"]
