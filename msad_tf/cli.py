@@ -348,9 +348,9 @@ def cmd_reproduce(args):
                   keep=args.keep or None, extensions=not args.no_extensions, tables=args.tables)
 
 
-_JOBS_HELP = ("runs trained at once, each in its own process (default 2: on a 2-core CPU the small models' "
-              "step is bound by per-op overhead, so two processes train at close to twice the throughput "
-              "of one; use 1 on a single GPU)")
+_JOBS_HELP = ("runs trained at once, each in its own process (default 2: on a quiet 2-core CPU two processes "
+              "train at 1.1-1.2x the images/s of one, `msad benchmark train --processes 1 2`; use 1 on a "
+              "single GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:

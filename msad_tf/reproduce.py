@@ -389,9 +389,9 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     copied; a run found there is not trained again, so a reproduction continues across
     machines without its weights (a student whose teacher's weights are gone retrains the
     teacher first). None: OUT only.
-    ``jobs``: runs trained at once, each in its own process (its log in OUT/<run>.log). A train
-    step here is bound by per-op overhead, not arithmetic, so two processes on two cores give
-    close to twice the throughput of one (docs/RESULTS.md). ``report_only``: train nothing, write
+    ``jobs``: runs trained at once, each in its own process (its log in OUT/<run>.log); on a
+    quiet 2-core machine two processes give 1.1-1.2x the images/s of one (docs/RESULTS.md,
+    session 6). ``report_only``: train nothing, write
     the report of the runs finished so far (e.g. while another reproduction is running).
     ``tables``: only these tables' runs (and their teachers); the report then has only them.
     """

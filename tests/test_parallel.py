@@ -49,3 +49,20 @@ def test_a_task_that_can_never_start_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="never start"):
         run_in_processes([Task("student", write_after, (tmp_path / "s", 0.0), ready=lambda: False)], jobs=2,
                          progress=False, poll=0.1)
+
+
+def test_a_target_from_a_module_that_imports_tensorflow_starts_quietly(tmp_path, monkeypatch, capfd):
+    """The child imports the target's module only after TensorFlow has loaded quietly, so a
+    module importing TensorFlow at its top (here TensorFlow's own) adds no native start-up
+    line ("failed call to cuInit", "Could not find cuda drivers") to the console (the child
+    unpickles its target before its output goes to the task's log) nor to the log."""
+    import tensorflow as tf
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    log = tmp_path / "tf.log"
+    codes = run_in_processes([Task("tf", tf.config.list_logical_devices, (), log=log)], jobs=1, progress=False,
+                             poll=0.1)
+    assert codes == {"tf": 0}
+    console = capfd.readouterr()
+    text = console.out + console.err + (log.read_text() if log.is_file() else "")
+    assert "cuInit" not in text and "cuda" not in text and "oneDNN" not in text, text

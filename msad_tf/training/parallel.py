@@ -1,8 +1,8 @@
 """Several training runs at once, each in its own process.
 
 A train step of the small models of the demo and of ``msad reproduce`` is bound by per-op
-overhead, not arithmetic: one process leaves most of two CPU cores idle, and two processes
-train at close to twice the throughput of one (docs/RESULTS.md, ``--jobs``). Each process is
+overhead, not arithmetic: on a quiet 2-core machine two processes train at 1.1-1.2x the
+images/s of one (``msad benchmark train --processes 1 2``, docs/RESULTS.md). Each process is
 started with the ``spawn`` method (a fresh TensorFlow runtime), writes its output to its own
 log file, and a task waits until the task it needs (e.g. a student's teacher) has produced
 what it reads.
@@ -35,15 +35,23 @@ class Task:
     ready: Callable[[], bool] = field(default=lambda: True)
 
 
-def _run(target, args, log) -> None:
+def _run(module, name, args, log) -> None:
+    """The target is passed by name and imported only here, after TensorFlow has loaded
+    quietly: a target module that imports TensorFlow at its top would otherwise print its
+    native start-up lines while the child unpickles it."""
     if log is not None:
         stream = open(log, "a", buffering=1)  # noqa: SIM115 - the process's own stdout/stderr
         os.dup2(stream.fileno(), 1)
         os.dup2(stream.fileno(), 2)
         sys.stdout = sys.stderr = stream
+    import importlib
+
     from msad_tf.native_logs import load_tensorflow_quietly
 
     load_tensorflow_quietly()
+    target = importlib.import_module(module)
+    for part in name.split("."):
+        target = getattr(target, part)
     target(*args)
 
 
@@ -87,7 +95,8 @@ def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: 
             if not task.ready():
                 continue
             pending.remove(task)
-            proc = context.Process(target=_run, args=(task.target, task.args, task.log), name=task.key)
+            proc = context.Process(target=_run, args=(task.target.__module__, task.target.__qualname__, task.args,
+                                                         task.log), name=task.key)
             proc.start()
             running[task.key] = (proc, time.time())
             if progress:
