@@ -557,9 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "repository; the report reads them when OUT lacks a run); '' for nowhere")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report of the runs finished so far")
+    from msad_tf.reproduce import TABLES
+
     p.add_argument("--tables", nargs="+", metavar="TABLE",
-                   help="only the runs of these tables and the teachers they need (1, 2, 2c, 3a, 4, controls, "
-                        "plateau, sr, fig7, retina, kd); the report then shows only them")
+                   help="only the runs of these tables and the teachers they need "
+                        f"({', '.join(name for name, _ in TABLES)}); the report then shows only them")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

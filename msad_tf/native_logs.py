@@ -21,28 +21,25 @@ def native_output_held(fds=(1, 2)):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in fds}
+    failed = False
     with tempfile.TemporaryFile() as held:
         try:
             for fd in fds:
                 os.dup2(held.fileno(), fd)
             yield
         except BaseException:
-            _restore(saved)
-            held.seek(0)
-            text = held.read().decode(errors="replace")
-            if text.strip():
-                sys.stderr.write(text)
-                sys.stderr.flush()
+            failed = True
             raise
         finally:
-            _restore(saved)
-
-
-def _restore(saved: dict) -> None:
-    for fd, copy in list(saved.items()):
-        os.dup2(copy, fd)
-        os.close(copy)
-        del saved[fd]
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            if failed:
+                held.seek(0)
+                text = held.read().decode(errors="replace")
+                if text.strip():
+                    sys.stderr.write(text)
+                    sys.stderr.flush()
 
 
 def load_tensorflow_quietly() -> None:

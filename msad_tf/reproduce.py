@@ -668,7 +668,8 @@ def summarize(rows, labels, seeds, curves, config, seconds) -> dict:
     }
 
 
-_TABLES = (("1", "Table 1: multi-scale training"), ("2", "Table 2a/2b: fusion teachers (fused vs own branches)"),
+#: The report's tables in order: (``Run.table``, title).
+TABLES = (("1", "Table 1: multi-scale training"), ("2", "Table 2a/2b: fusion teachers (fused vs own branches)"),
            ("2c", "Table 2c: teacher choices"), ("3a", "Table 3a: distillation losses"),
            ("4", "Table 4: the student"), ("controls", "Controls the paper never reports"),
            ("kd", "KD candidates: what could make KD beat the no-KD control (seed 0)"),
@@ -692,7 +693,7 @@ def format_report(result) -> str:
     lines = [f"msad reproduce: {b['steps_per_run']} steps per run (2x runs: twice), batch {b['batch_size']}, "
              f"H = {b['H']} px, L = {b['L']} px ({b['low_input']}), seeds {result['seeds']}; "
              "COCO AP on val, mean ± std over seeds", ""]
-    for tab, title in _TABLES:
+    for tab, title in TABLES:
         entries = [(name, e) for name, e in result["table"].items() if e["table"] == tab]
         if not entries:
             continue
