@@ -345,7 +345,8 @@ def cmd_reproduce(args):
     run_reproduce(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
                   seeds=tuple(args.seeds), variants=not args.no_variants, plateau=not args.no_plateau,
                   curves=not args.no_curves, jobs=args.jobs, report_only=args.report_only,
-                  keep=args.keep or None, extensions=not args.no_extensions, tables=args.tables)
+                  keep=args.keep or None, extensions=not args.no_extensions, tables=args.tables,
+                  runs=args.runs)
 
 
 _JOBS_HELP = ("runs trained at once, each in its own process (default 2: on a quiet 2-core CPU two processes "
@@ -562,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", nargs="+", metavar="TABLE",
                    help="only the runs of these tables and the teachers they need "
                         f"({', '.join(name for name, _ in TABLES)}); the report then shows only them")
+    p.add_argument("--runs", nargs="+", metavar="RUN",
+                   help="only these runs (names without the _sN seed suffix, e.g. student_skd "
+                        "student_skd_na) and the teachers they need; with --tables, the runs of either")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

@@ -177,12 +177,13 @@ def _variants():
 
 
 def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True,
-             extensions: bool = True, tables=None) -> list[tuple[Run, int]]:
+             extensions: bool = True, tables=None, runs=None) -> list[tuple[Run, int]]:
     """(run, seed) in training order: the core of the first seed, the cheapest plateau check
     (single-scale at twice the budget, so that whether the budget is a plateau is known early),
     the core of the other seeds (so that every claim is judged against its seed spread), the
     other plateau checks, the variants. ``tables``: only the runs of these tables (``Run.table``,
-    e.g. "retina", "sr") and the teachers they need, in the same order."""
+    e.g. "retina", "sr") and the teachers they need, in the same order; ``runs``: likewise by
+    ``Run.name`` (e.g. "student_skd"); given both, the runs of either."""
     order = [(run, seeds[0]) for run in CORE if seeds[0] in run.seeds]
     plateau_runs = [(run, seed) for run in PLATEAU for seed in run.seeds if seed in seeds] if plateau else []
     order += plateau_runs[:1]
@@ -197,12 +198,14 @@ def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True,
     names = {f"{run.name}_s{seed}" for run, seed in order}
     order = [(run, seed) for run, seed in order
              if _teacher_of(run.overrides) is None or _teacher_of(run.overrides).format(seed=seed) in names]
-    if tables:
-        unknown = set(tables) - {run.table for run, _ in order}
-        if unknown:
-            raise ValueError(f"unknown tables {sorted(unknown)}; known: "
-                             f"{sorted({run.table for run, _ in order})}")
-        wanted = {f"{run.name}_s{seed}" for run, seed in order if run.table in tables}
+    if tables or runs:
+        for given, known, what in ((tables, {run.table for run, _ in order}, "tables"),
+                                   (runs, {run.name for run, _ in order}, "runs")):
+            unknown = set(given or ()) - known
+            if unknown:
+                raise ValueError(f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")
+        wanted = {f"{run.name}_s{seed}" for run, seed in order
+                  if run.table in (tables or ()) or run.name in (runs or ())}
         for run, seed in reversed(order):
             if f"{run.name}_s{seed}" in wanted and _teacher_of(run.overrides):
                 wanted.add(_teacher_of(run.overrides).format(seed=seed))
@@ -381,7 +384,7 @@ def _teacher_of(run_overrides) -> str | None:
 def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", data_root="data/msad_synth128",
                   overrides=None, seeds=SEEDS, variants=True, plateau=True, curves=True, progress=True,
                   keep="docs/results/reproduce_runs", jobs: int = 1, report_only: bool = False,
-                  extensions: bool = True, tables=None) -> dict:
+                  extensions: bool = True, tables=None, runs=None) -> dict:
     """Train (or reuse) every run, evaluate, and write OUT/reproduce.{json,md} and the plots.
 
     ``keep``: a directory (kept in the repository) where each finished run's evaluations
@@ -393,7 +396,8 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     quiet 2-core machine two processes give 1.1-1.2x the images/s of one (docs/RESULTS.md,
     session 6). ``report_only``: train nothing, write
     the report of the runs finished so far (e.g. while another reproduction is running).
-    ``tables``: only these tables' runs (and their teachers); the report then has only them.
+    ``tables``, ``runs``: only these tables' runs or these runs (and their teachers); the report
+    then has only them.
     """
     from msad_tf.config import load_config
     from msad_tf.data.synthetic import make_synthetic_dataset
@@ -405,7 +409,7 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
         print(f"== generating the embedded dataset in {data_root} ({DATASET})")
         make_synthetic_dataset(data_root, **DATASET)
     plan = _Plan(config_path, out, data_root, list(overrides or []), tuple(seeds), variants, plateau, curves, keep,
-                 extensions, tuple(tables or ()))
+                 extensions, tuple(tables or ()), tuple(runs or ()))
     start = time.time()
     if jobs > 1 and not report_only:
         _run_parallel(plan, jobs, progress, lambda: plan.collect(base_config, train=False))
@@ -420,13 +424,13 @@ class _Plan:
     """The runs of one reproduction, where they live, and how each is produced."""
 
     def __init__(self, config_path, out, data_root, overrides, seeds, variants, plateau, curves, keep,
-                 extensions=True, tables=()):
+                 extensions=True, tables=(), runs=()):
         self.args = (config_path, str(out), data_root, overrides, seeds, variants, plateau, curves,
-                     str(keep) if keep else None, extensions, tables)
+                     str(keep) if keep else None, extensions, tables, runs)
         self.config_path, self.out, self.data_root, self.overrides = config_path, Path(out), data_root, overrides
         self.seeds, self.curves = seeds, curves
         self.keep = Path(keep) if keep else None
-        self.order = all_runs(seeds, variants, plateau, extensions, tables)
+        self.order = all_runs(seeds, variants, plateau, extensions, tables, runs)
         self.by_name = {f"{run.name}_s{seed}": (run, seed) for run, seed in self.order}
         self.seconds: dict[str, float] = {}
         self._val = None

@@ -210,6 +210,17 @@ def test_tables_select_their_runs_and_the_teachers_they_need():
         reproduce.all_runs(tables=["table9"])
 
 
+def test_runs_select_by_name_with_their_teachers_and_add_to_tables():
+    names = [f"{run.name}_s{seed}" for run, seed in reproduce.all_runs(runs=["student_skd", "student_skd_na"])]
+    assert names == ["teacher_s0", "student_skd_s0", "student_skd_na_s0"]
+    both = [f"{run.name}_s{seed}" for run, seed in
+            reproduce.all_runs(seeds=(0,), tables=["retina"], runs=["student_teacher_bn_train"])]
+    assert both == ["teacher_s0", "retina_vanilla_s0", "retina_teacher_s0", "retina_student_s0",
+                    "retina_student_no_kd_s0", "student_teacher_bn_train_s0"]
+    with pytest.raises(ValueError, match="unknown runs"):
+        reproduce.all_runs(runs=["student_skd_s0"])
+
+
 def test_a_kept_run_trained_again_is_evaluated_again(tiny_data, tmp_path, monkeypatch):
     """A kept teacher whose weights are gone is retrained for its student: its kept rows (of
     the old weights) are set aside, in OUT and in the keep directory, and the new weights are
