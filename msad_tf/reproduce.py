@@ -475,12 +475,13 @@ class _Plan:
         return self.curves and run.curve and seed == self.seeds[0]
 
     def restore(self, key) -> None:
-        """Copies a kept run's evaluations into OUT (once)."""
+        """Copies a kept run's evaluations into OUT (once; not into a run being trained again,
+        whose old rows ``refresh_rows`` has set aside)."""
         import shutil
 
         kept, run_dir = (self.keep / key if self.keep else None), self.out / key
         if kept is not None and (kept / "reproduce_eval.json").is_file() \
-                and not (run_dir / "reproduce_eval.json").is_file():
+                and not (run_dir / "reproduce_eval.json").is_file() and not (run_dir / RETRAINED_FILE).is_file():
             run_dir.mkdir(parents=True, exist_ok=True)
             for path in kept.iterdir():
                 shutil.copy(path, run_dir / path.name)

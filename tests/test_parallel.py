@@ -34,6 +34,25 @@ def test_a_task_starts_once_what_it_needs_exists_and_logs_go_to_files(tmp_path):
     assert "wrote" in (tmp_path / "student.log").read_text()
 
 
+def test_a_slow_on_done_starts_what_became_ready_first(tmp_path):
+    """on_done (the reproduction's report) may take minutes: the task that the finished one
+    made ready starts before it, so no slot waits on the report."""
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    tasks = [Task("teacher", write_after, (teacher, 0.0)),
+             Task("student", write_after, (student, 0.0), needs="teacher", ready=teacher.is_file)]
+    seen = {}
+
+    def on_done(key, code, seconds):
+        if key == "teacher":
+            deadline = time.time() + 60
+            while not student.is_file() and time.time() < deadline:
+                time.sleep(0.1)
+            seen["student written during on_done"] = student.is_file()
+
+    run_in_processes(tasks, jobs=1, progress=False, poll=0.1, on_done=on_done)
+    assert seen == {"student written during on_done": True}
+
+
 def test_a_failed_need_skips_its_dependents(tmp_path):
     tasks = [
         Task("teacher", fail, log=tmp_path / "teacher.log"),

@@ -250,3 +250,20 @@ def test_a_kept_run_trained_again_is_evaluated_again(tiny_data, tmp_path, monkey
         assert json.loads((root / "teacher_s0" / "reproduce_eval.json").read_text()) == {"new": 2.0}
     plan.ensure_weights("single_s0")
     assert evaluated[1:] == [] and trained[1:] == ["single_s0"]
+
+
+def test_a_report_does_not_restore_old_rows_into_a_run_being_trained_again(tiny_data, tmp_path):
+    """While a retrained run's worker evaluates its new weights, a report in the main process
+    (``cached``) must not copy the kept rows of the old weights back into OUT, where the
+    worker would take them for its own."""
+    from conftest import write_tiny_yaml
+
+    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
+    keep, out = tmp_path / "keep", tmp_path / "out"
+    (keep / "teacher_s0").mkdir(parents=True)
+    (keep / "teacher_s0" / "reproduce_eval.json").write_text(json.dumps({"old": 1.0}))
+    (out / "teacher_s0").mkdir(parents=True)
+    (out / "teacher_s0" / reproduce.RETRAINED_FILE).write_text(json.dumps({"old": 1.0}))
+    plan = reproduce._Plan(str(path), out, str(tiny_data), [], (0,), False, False, False, keep, False)
+    assert plan.cached("teacher_s0") is None
+    assert not (out / "teacher_s0" / "reproduce_eval.json").exists()

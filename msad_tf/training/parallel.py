@@ -60,7 +60,7 @@ def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: 
     """Runs ``tasks`` at most ``jobs`` at a time, in order as far as ``needs``/``ready`` allow.
 
     ``on_done(key, exit code, seconds the task ran)`` is called in this process after each task
-    ends. Returns
+    ends, once the tasks it made ready have started (a slow ``on_done`` leaves no slot idle). Returns
     {key: exit code} (0: success; a task whose ``needs`` failed is not started and gets -1).
     Progress lines go to stdout.
     """
@@ -71,18 +71,18 @@ def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: 
     codes: dict[str, int] = {}
     start = time.time()
     while pending or running:
+        finished = []
         for key, (proc, began) in list(running.items()):
             if proc.is_alive():
                 continue
             proc.join()
             del running[key]
             codes[key] = proc.exitcode
+            finished.append((key, proc.exitcode, time.time() - began))
             if progress:
                 state = "done" if proc.exitcode == 0 else f"FAILED (exit {proc.exitcode})"
                 print(f"== {key} {state} in {time.time() - began:.0f} s ({time.time() - start:.0f} s in all)",
                       flush=True)
-            if on_done is not None:
-                on_done(key, proc.exitcode, time.time() - began)
         for task in list(pending):
             if len(running) >= jobs:
                 break
@@ -103,6 +103,9 @@ def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: 
                 where = f", log {task.log}" if task.log else ""
                 print(f"== [{keys.index(task.key) + 1}/{len(keys)}] started {task.key}{where} "
                       f"after {time.time() - start:.0f} s", flush=True)
+        if on_done is not None:
+            for done in finished:
+                on_done(*done)
         if pending and not running and all(not t.ready() for t in pending):
             raise RuntimeError(f"tasks {[t.key for t in pending]} can never start: what they need is missing")
         time.sleep(poll)
