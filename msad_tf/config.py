@@ -132,7 +132,8 @@ class TrainConfig:
     ``teacher_run``: L_S = gamma * ramp * L_KD + det_weight * L_det). ``student_input``: ``low``
     (MSAD: the student sees the stride-k subsample) or ``high`` (same-resolution distillation,
     e.g. a larger teacher into a smaller student on the same image: the student reads P3..P7 of
-    the high-res image and is deployed at H).
+    the high-res image and is deployed at H). ``distill_options``: keyword arguments of the
+    ``distill_loss`` layer (e.g. ``{temperature: 0.5}`` for skd; ``tau`` wins for msad_l1).
     The learning rate scales linearly with the global batch: lr = base_lr * batch_size / base_batch.
     ``clipnorm`` bounds the global gradient norm, ``clipvalue`` each gradient element (one of
     them). ``optimizer``: ``sgd`` (momentum; the authors') or ``adamw`` (decoupled weight decay
@@ -172,6 +173,7 @@ class TrainConfig:
     teacher_target: str = "fused"
     teacher_bn_training: bool = False
     distill_loss: str = "msad_l1"
+    distill_options: dict = field(default_factory=dict)
     aligned: bool = True
     gamma: float = 0.2
     tau: float = 3.0
@@ -327,6 +329,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(config: Config) -> None:
     """Reject configs that cannot train, before any work starts."""
     m, t, d = config.model, config.train, config.data
+    if not isinstance(t.distill_options, dict):
+        raise ConfigError(f"train.distill_options = {t.distill_options!r}: must be a mapping, "
+                          "e.g. --set 'train.distill_options={temperature: 0.5}'")
     k = m.k
     if k < 1 or (k & (k - 1)) != 0:
         raise ConfigError(f"model.k = {k}: must be a power of two (1, 2, 4, ...)")

@@ -116,6 +116,8 @@ EXTENSIONS = (
     Run("sr_student_skd", "small student + SKD (authors' code)", _same_res("single", "skd"), _H, table="sr"),
     Run("sr_student_msad_l1", "small student + msad_l1", _same_res("single", "msad_l1"), _H, table="sr"),
     Run("sr_student_fgfi", "small student + FGFI", _same_res("single", "fgfi"), _H, table="sr"),
+    Run("sr_student_skd_t0.5", "small student + SKD, attention temperature 0.5 (softer masks)",
+        _same_res("single", "skd", "train.distill_options={{temperature: 0.5}}"), _H, table="sr"),
     Run("retina_vanilla", "RetinaNet vanilla multi-scale", ("train.mode=vanilla_multiscale", *_RETINA), _HL,
         table="retina"),
     Run("retina_teacher", "RetinaNet teacher C-FF", ("train.mode=teacher", *_RETINA), _TEACHER, table="retina"),
@@ -244,15 +246,23 @@ def _evaluate(run_dir: Path, evals, val, weights=None, tag="final") -> dict:
     return result
 
 
-def _curve(run_dir: Path, evals, val, steps_per_epoch: int) -> list[dict]:
+def _curve(run_dir: Path, evals, val, steps_per_epoch: int, cached_only: bool = False) -> list[dict]:
     """AP of every epoch checkpoint of a run: [{step, resolution/branch: AP}] (from the
-    evaluation cache when the checkpoints are gone)."""
-    epochs = {int(p.name.split("_")[1].split(".")[0]): p for p in (run_dir / "checkpoints").glob("epoch_*.weights.h5")}
+    evaluation cache when the checkpoints are gone). ``cached_only``: evaluate nothing, give
+    the epochs whose every row is cached (another process may be evaluating the rest)."""
+    epochs = {} if cached_only else {int(p.name.split("_")[1].split(".")[0]): p
+                                     for p in (run_dir / "checkpoints").glob("epoch_*.weights.h5")}
     path = run_dir / "reproduce_eval.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     for key in cache:
         if key.startswith("epoch"):
             epochs.setdefault(int(key[5:8]), None)
+    if cached_only:
+        from msad_tf.training import runs
+
+        low_input = runs.load_config(run_dir / runs.CONFIG_FILE).eval.low_input
+        epochs = {e: None for e in epochs
+                  if all(_eval_key(r, b, low_input, f"epoch{e:03d}") in cache for r, b in evals)}
     points = []
     for epoch in sorted(epochs):
         metrics = _evaluate(run_dir, evals, val, weights=epochs[epoch], tag=f"epoch{epoch:03d}")
@@ -321,8 +331,8 @@ def claims_from(rows, seeds) -> list[dict]:
     add("student_above_equal_training_L", "student @L above vanilla @L trained teacher + student steps",
         v("student", "low/-"), v("vanilla_equal", "low/-"))
     alone = v("sr_student", "high/-")
-    for loss in ("skd", "msad_l1", "fgfi"):
-        add(f"same_res_{loss}_above_alone", f"same-resolution small student + {loss} above the student alone",
+    for loss, label in (("skd", "skd"), ("msad_l1", "msad_l1"), ("fgfi", "fgfi"), ("skd_t0.5", "skd (T 0.5)")):
+        add(f"same_res_{loss}_above_alone", f"same-resolution small student + {label} above the student alone",
             v(f"sr_student_{loss}", "high/-"), alone)
     return out
 
@@ -336,7 +346,8 @@ def gap_closed(rows, seeds, student="student", vanilla="vanilla", arch="fcos") -
     (student @L - vanilla @L) / (vanilla @H - vanilla @L), with the gap in AP beside it. The
     paper's claim "at most 1.5 AP below vanilla @H" is an absolute number on COCO, whose H - L gap
     is 4.6 AP for FCOS; this ratio compares datasets whose gaps differ, against the paper's own
-    for ``arch`` (``PAPER_TABLE4``). None until a seed has all three."""
+    for ``arch`` (``PAPER_TABLE4``). None until a seed has all three; a seed where vanilla has no
+    gap (H = L, e.g. both 0 AP on a smoke run) has no fraction and is left out."""
     fractions, gaps = [], []
     for seed in seeds:
         try:
@@ -344,6 +355,8 @@ def gap_closed(rows, seeds, student="student", vanilla="vanilla", arch="fcos") -
             low = rows[(vanilla, seed)]["low/-"]["AP"]
             mid = rows[(student, seed)]["low/-"]["AP"]
         except KeyError:
+            continue
+        if high == low:
             continue
         gaps.append(high - low)
         fractions.append((mid - low) / (high - low))
@@ -554,10 +567,12 @@ class _Plan:
                 shutil.copy(self.out / key / name, self.keep / key / name)
 
     def collect(self, base_config, train=True, progress=False, start=None) -> dict:
-        """Rows of every run (training what is missing when ``train``), written to OUT."""
+        """Rows of every run (training what is missing when ``train``), written to OUT (after each
+        run trained here, and at the end). Without ``train`` nothing is evaluated: rows and curves
+        come from the caches (a report while workers train and evaluate)."""
         rows, labels, curves, diverged = {}, {}, {}, {}
-        result = None
         for run, seed in self.order:
+            produced = False
             key = f"{run.name}_s{seed}"
             config = self.config_of(key)
             labels[run.name] = (run.label, run.table, config.total_steps(config.train.steps_per_epoch))
@@ -569,7 +584,7 @@ class _Plan:
                 if not train:
                     continue
                 try:
-                    cached = self.produce(key, progress, start)
+                    cached, produced = self.produce(key, progress, start), True
                 except Exception as err:  # noqa: BLE001 - reported and skipped
                     from msad_tf.training.callbacks import NonFiniteLossError
 
@@ -580,14 +595,18 @@ class _Plan:
                     continue
             rows[(run.name, seed)] = cached
             if self.wants_curve(key):
-                curves[run.name] = _curve(self.out / key, run.evals, self.val, config.train.steps_per_epoch)
+                curves[run.name] = _curve(self.out / key, run.evals, self.val, config.train.steps_per_epoch,
+                                          cached_only=not train)
             self.save(key)
-            result = summarize(rows, labels, self.seeds, curves, base_config, self.seconds)
-            result["diverged"] = diverged
-            write_outputs(result, self.out)
-        if result is None:
-            result = summarize(rows, labels, self.seeds, curves, base_config, self.seconds)
-            result["diverged"] = diverged
+            if produced:
+                write_outputs(self._summary(rows, labels, curves, diverged, base_config), self.out)
+        result = self._summary(rows, labels, curves, diverged, base_config)
+        write_outputs(result, self.out)
+        return result
+
+    def _summary(self, rows, labels, curves, diverged, base_config) -> dict:
+        result = summarize(rows, labels, self.seeds, curves, base_config, self.seconds)
+        result["diverged"] = diverged
         return result
 
 

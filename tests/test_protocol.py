@@ -127,6 +127,25 @@ def test_config_det_weight_default_is_the_authors():
     assert paper.det_weight() == pytest.approx(0.7)
 
 
+def test_distill_options_reach_the_loss_layer_and_are_checked():
+    from msad_tf.modeling.detector import FCOSDetector
+    from msad_tf.modeling.teacher import MultiScaleTeacher
+    from msad_tf.training.train import make_distiller
+
+    teacher = MultiScaleTeacher(tiny_model_config(norm="bn"), 3)
+    student = FCOSDetector(tiny_model_config(norm="bn"), 3, inference_shift=1)
+    skd = config_from_dict({"train": {"distill_loss": "skd", "distill_options": {"temperature": 0.5}}})
+    assert make_distiller(skd, teacher, student).distill_loss.temperature == 0.5
+    assert make_distiller(config_from_dict({"train": {"distill_loss": "skd"}}), teacher, student).distill_loss.temperature \
+        == pytest.approx(0.1)
+    msad = config_from_dict({"train": {"tau": 2.0, "distill_options": {"tau": 9.0}}})
+    assert make_distiller(msad, teacher, student).distill_loss.tau == 2.0
+    with pytest.raises(ValueError, match="has no option"):
+        make_distiller(config_from_dict({"train": {"distill_options": {"temprature": 0.5}}}), teacher, student)
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        config_from_dict({"train": {"distill_options": 0.5}})
+
+
 def test_kd_ramp_reaches_one_at_its_steps():
     distiller = _distiller(kd_warmup_steps=4)
     distiller.compile(optimizer=keras.optimizers.SGD(0.0))

@@ -71,6 +71,29 @@ def test_gap_closed_per_seed():
     retina = reproduce.gap_closed(rows, (0,), arch="retinanet")
     assert retina["paper_fraction"] == pytest.approx(3.1 / 3.5)
     assert reproduce.gap_closed(rows, (2,)) is None
+    rows[("vanilla", 0)] = {"high/-": {"AP": 0.0}, "low/-": {"AP": 0.0}}
+    assert reproduce.gap_closed(rows, (0,)) is None
+    assert reproduce.gap_closed(rows, (0, 1))["fraction"]["values"] == pytest.approx([0.5])
+
+
+def test_a_report_curve_evaluates_nothing(tmp_path, monkeypatch):
+    """The report (``cached_only``) reads only the cache: an epoch another process is still
+    evaluating (a row missing) is left out, and no checkpoint is loaded."""
+    from conftest import write_tiny_yaml
+    from msad_tf.training import runs
+
+    run_dir = tmp_path / "teacher_s0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    write_tiny_yaml(run_dir / runs.CONFIG_FILE)
+    for epoch in (1, 2):
+        (run_dir / "checkpoints" / f"epoch_{epoch:03d}.weights.h5").write_bytes(b"")
+    evals = (("high", "fused"), ("low", "low"))
+    cache = {reproduce._eval_key(r, b, "subsample", "epoch001"): {"AP": 10.0 + i} for i, (r, b) in enumerate(evals)}
+    cache[reproduce._eval_key("high", "fused", "subsample", "epoch002")] = {"AP": 20.0}
+    (run_dir / "reproduce_eval.json").write_text(json.dumps(cache))
+    monkeypatch.setattr(runs, "load_run", lambda *a, **k: pytest.fail("a checkpoint was loaded"))
+    points = reproduce._curve(run_dir, evals, None, steps_per_epoch=100, cached_only=True)
+    assert points == [{"step": 100, "high/fused": 10.0, "low/low": 11.0}]
 
 
 def test_run_order_puts_the_seeded_core_first():
@@ -203,7 +226,8 @@ def test_tiny_extension_rows_train_and_evaluate(tiny_data, tmp_path):
 def test_tables_select_their_runs_and_the_teachers_they_need():
     names = [f"{run.name}_s{seed}" for run, seed in reproduce.all_runs(tables=["sr"])]
     assert names == ["single_s0", "single_s1", "single_s2"] + [
-        f"sr_student{suffix}_s{seed}" for seed in (0, 1, 2) for suffix in ("", "_skd", "_msad_l1", "_fgfi")]
+        f"sr_student{suffix}_s{seed}" for seed in (0, 1, 2)
+        for suffix in ("", "_skd", "_msad_l1", "_fgfi", "_skd_t0.5")]
     retina = [f"{run.name}_s{seed}" for run, seed in reproduce.all_runs(seeds=(0,), tables=["retina"])]
     assert retina == ["retina_vanilla_s0", "retina_teacher_s0", "retina_student_s0", "retina_student_no_kd_s0"]
     with pytest.raises(ValueError, match="unknown tables"):

@@ -158,7 +158,7 @@ def make_distiller(config: Config, teacher, student, steps_per_epoch: int = 1):
         num_levels=teacher.pyramid.num_levels,
         num_classes=student.cls_channels,
         aligned=t.aligned or t.student_input == "high",
-        **({"tau": t.tau} if t.distill_loss.startswith("msad_l1") else {}),
+        **{**t.distill_options, **({"tau": t.tau} if t.distill_loss.startswith("msad_l1") else {})},
     )
     return Distiller(
         teacher, student, loss, gamma=t.gamma, kd_warmup_steps=config.kd_warmup_steps(steps_per_epoch),
