@@ -34,6 +34,10 @@ def test_threshold_claims():
     assert not four_above["holds"]
     within = reproduce._claim("s", "", student, vanilla_high, margin=1.5, higher=False)
     assert within["excess"] == pytest.approx(0.5) and within["holds"]
+    paired = reproduce._claim("p", "", [42.0, 43.0, 41.0], [41.5, 42.2, 40.6], paired=True)
+    assert paired["difference"] == pytest.approx(0.5667, abs=1e-4)
+    assert paired["se"] == pytest.approx(np.std([0.5, 0.8, 0.4], ddof=1) / np.sqrt(3))
+    assert paired["holds"] and not reproduce._claim("u", "", [42.0, 43.0, 41.0], [41.5, 42.2, 40.6])["holds"]
     below = reproduce._claim("s", "", student, [23.0, 23.1, 22.9], margin=1.5, higher=False)
     assert below["excess"] == pytest.approx(-1.5) and not below["holds"]
 
@@ -48,7 +52,12 @@ def test_claims_from_rows_reads_the_right_rows():
         rows[("student", seed)] = {"low/-": ap(24)}
         rows[("student_no_kd", seed)] = {"low/-": ap(23.5)}
         rows[("vanilla_equal", seed)] = {"high/-": ap(33), "low/-": ap(23)}
+        rows[("student_mse", seed)] = {"low/-": ap(24.75)}
     claims = {c["claim"]: c for c in reproduce.claims_from(rows, (0, 1, 2))}
+    assert claims["student_mse_above_student"]["difference"] == pytest.approx(0.75)
+    assert claims["student_mse_above_student"]["se"] == pytest.approx(0.0, abs=1e-9)
+    assert claims["student_mse_above_student"]["holds"]
+    assert "student_tau1.0_above_student" not in claims
     assert claims["aligned_L_above_vanilla_L"]["difference"] == pytest.approx(2.0)
     assert claims["cff_fused_above_H_branch"]["difference"] == pytest.approx(1.0)
     assert claims["cff_fused_above_L_branch"]["difference"] == pytest.approx(9.0)
@@ -179,6 +188,7 @@ def test_parallel_reproduction_trains_each_run_once_after_its_teacher(tiny_data,
 
 def test_extension_rows_follow_the_core_and_read_the_right_rows():
     names = [f"{run.name}_s{seed}" for run, seed in reproduce.all_runs()]
+    assert {"student_mse_s2", "student_tau1.0_s2"} <= set(names) and "student_podnet_s1" not in names
     assert names.index("student_2x_s0") < names.index("sr_student_s0") < names.index("teacher_sigmoid_s0")
     assert names.index("retina_teacher_s2") < names.index("retina_student_s2")
     assert names.index("single_2x_s0") < names.index("sr_student_skd_from_2x_s0")
