@@ -342,7 +342,7 @@ def claims_from(rows, seeds) -> list[dict]:
     add("student_above_equal_training_L", "student @L above vanilla @L trained teacher + student steps",
         v("student", "low/-"), v("vanilla_equal", "low/-"))
     for lead, label in LEADS.items():
-        both = [s for s in seeds if (lead, s) in rows and ("student", s) in rows]
+        both = [s for s in seeds if all("low/-" in rows.get((name, s), {}) for name in (lead, "student"))]
         add(f"{lead}_above_student", f"{label} above the MSAD student (paired by seed)",
             _values(rows, lead, "low/-", both), _values(rows, "student", "low/-", both), paired=True)
     alone = v("sr_student", "high/-")

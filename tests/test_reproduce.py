@@ -58,6 +58,11 @@ def test_claims_from_rows_reads_the_right_rows():
     assert claims["student_mse_above_student"]["se"] == pytest.approx(0.0, abs=1e-9)
     assert claims["student_mse_above_student"]["holds"]
     assert "student_tau1.0_above_student" not in claims
+    rows[("student_tau1.0", 0)] = {"low/-": {"AP": 25.0}}
+    rows[("student_tau1.0", 1)] = {}
+    rows[("student_tau1.0", 2)] = {"low/-": {"AP": 24.2}}
+    tau = {c["claim"]: c for c in reproduce.claims_from(rows, (0, 1, 2))}["student_tau1.0_above_student"]
+    assert tau["a"] == [25.0, 24.2] and tau["b"] == pytest.approx([24.0, 24.2]) and tau["n"] == [2, 2]
     assert claims["aligned_L_above_vanilla_L"]["difference"] == pytest.approx(2.0)
     assert claims["cff_fused_above_H_branch"]["difference"] == pytest.approx(1.0)
     assert claims["cff_fused_above_L_branch"]["difference"] == pytest.approx(9.0)
