@@ -118,7 +118,8 @@ def _reusable(run_dir: Path, config) -> bool:
 
 def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, jobs: int) -> dict:
     """Trains the runs of ``runs_to_do`` that need it, ``jobs`` at a time (``training.parallel``),
-    each student once its teacher's weights exist. Returns {name: seconds}."""
+    teachers first (the students wait for them: the longest chain), each student once its
+    teacher's weights exist. Returns {name: seconds}."""
     from msad_tf.training import runs
     from msad_tf.training.parallel import Task, run_in_processes
 
@@ -134,6 +135,8 @@ def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, j
                           needs=teacher.name if teacher else None, ready=ready))
         if force and run_dir.exists():
             (run_dir / runs.WEIGHTS_FILE).unlink(missing_ok=True)
+    needed = {task.needs for task in tasks}
+    tasks.sort(key=lambda task: task.key not in needed)
     seconds = {}
     codes = run_in_processes(tasks, jobs, on_done=lambda key, code, took: seconds.__setitem__(key, took))
     failed = [key for key, code in codes.items() if code != 0]

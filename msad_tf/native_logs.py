@@ -42,10 +42,16 @@ def native_output_held(fds=(1, 2)):
                     sys.stderr.flush()
 
 
-def load_tensorflow_quietly() -> None:
+def load_tensorflow_quietly(processes: int | None = None, initialize: bool = True) -> None:
     """Import TensorFlow and initialise its devices without its native start-up lines (oneDNN
-    notice, no CUDA driver, cuInit failure on a CPU machine)."""
+    notice, no CUDA driver, cuInit failure on a CPU machine), its thread pools set for one of
+    ``processes`` runs at once first (``msad_tf.cpu_threads``). ``initialize=False`` leaves the
+    runtime unstarted: a multi-worker strategy must configure its collectives before it starts."""
     with native_output_held(fds=(2,)):
         import tensorflow as tf
 
-        tf.config.list_logical_devices()
+        from msad_tf.cpu_threads import configure_threads
+
+        configure_threads(processes)
+        if initialize:
+            tf.config.list_logical_devices()

@@ -46,9 +46,17 @@ SEEDS = (0, 1, 2)
 PAPER_LITERAL = ("skd_paper",)
 #: Losses that are candidate fixes of the KD term (their own rows, aligned only), not Table 3a rows.
 KD_CANDIDATES = ("msad_l1_norm", "msad_l1_fg")
-#: Variant rows that led on seed 0, trained on every seed and judged against the MSAD student
-#: (claim ``<name>_above_student``). Seed 0 chose them, so seeds 1 and 2 are the fair test.
-LEADS = {"student_mse": "student with the mse loss", "student_tau1.0": "student with tau 1.0 (KD weight 0.2)"}
+#: Variant rows that led on seed 0 (or combine two leads), trained on every seed together with the
+#: teacher runs they learn from, each judged paired by seed against its baseline row: name ->
+#: (label, baseline), claim ``<name>_above_<baseline>``. Seed 0 chose them, so seeds 1 and 2 are
+#: the fair test.
+LEADS = {
+    "student_mse": ("student with the mse loss", "student"),
+    "student_tau1.0": ("student with tau 1.0 (KD weight 0.2)", "student"),
+    "student_from_teacher_2x": ("student from the 2x-trained teacher", "student"),
+    "student_mse_from_teacher_2x": ("student with mse from the 2x-trained teacher",
+                                    "student_from_teacher_2x"),
+}
 #: How ``msad reproduce`` generates its dataset when missing (configs/reproduce.yaml).
 DATASET = {"image_size": 128, "object_scale": 0.75}
 
@@ -91,6 +99,7 @@ CORE = (
     Run("vanilla_equal", "vanilla multi-scale, teacher + student steps", ("train.mode=vanilla_multiscale",) + _TWICE,
         _HL, table="controls"),
 )
+#: Twice the budget, seed 0 (``_lead_seeds`` adds seeds 1 and 2 of teacher_2x: lead students learn from it).
 PLATEAU = (
     Run("single_2x", "single-scale, 2x steps", ("train.mode=single",) + _TWICE, _HL, seeds=(0,), table="plateau"),
     Run("teacher_2x", "teacher C-FF, 2x steps", ("train.mode=teacher",) + _TWICE, _TEACHER, seeds=(0,),
@@ -141,6 +150,10 @@ FIG7 = (
 
 
 def _variants():
+    return _lead_seeds(_variant_runs())
+
+
+def _variant_runs():
     from msad_tf.losses.distillation import DISTILLATION_LOSSES
 
     runs = [
@@ -165,6 +178,8 @@ def _variants():
     runs += [
         Run("student_from_teacher_2x", "student from the 2x-trained teacher (stronger teacher)",
             _student("teacher_2x"), _L, seeds=(0,), table="kd"),
+        Run("student_mse_from_teacher_2x", "student with mse from the 2x-trained teacher",
+            _student("teacher_2x", "train.distill_loss=mse"), _L, seeds=(0,), table="kd"),
         *(Run(f"student_gamma{g}", f"student, gamma {g}", _student("teacher", f"train.gamma={g}"), _L, seeds=(0,),
               table="kd") for g in ("0.1", "0.4")),
         *(Run(f"student_tau{t}", f"student, tau {t}", _student("teacher", f"train.tau={t}"), _L, seeds=(0,),
@@ -178,7 +193,14 @@ def _variants():
             runs.append(Run(f"student_{loss}" + ("" if aligned else "_na"),
                             f"student {loss}, {'aligned' if aligned else 'not aligned'}",
                             _student("teacher", *extra), _L, seeds=(0,), table="3a"))
-    return tuple(replace(run, seeds=SEEDS) if run.name in LEADS else run for run in runs)
+    return tuple(runs)
+
+
+def _lead_seeds(runs):
+    """``runs`` with every run of LEADS, and every teacher run a lead learns from, on all SEEDS."""
+    teachers = {_teacher_of(run.overrides).removesuffix("_s{seed}")
+                for run in _variant_runs() if run.name in LEADS and _teacher_of(run.overrides)}
+    return tuple(replace(run, seeds=SEEDS) if run.name in LEADS or run.name in teachers else run for run in runs)
 
 
 def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True,
@@ -190,7 +212,8 @@ def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True,
     e.g. "retina", "sr") and the teachers they need, in the same order; ``runs``: likewise by
     ``Run.name`` (e.g. "student_skd"); given both, the runs of either."""
     order = [(run, seeds[0]) for run in CORE if seeds[0] in run.seeds]
-    plateau_runs = [(run, seed) for run in PLATEAU for seed in run.seeds if seed in seeds] if plateau else []
+    plateau_runs = ([(run, seed) for run in _lead_seeds(PLATEAU) for seed in run.seeds if seed in seeds]
+                    if plateau else [])
     order += plateau_runs[:1]
     order += [(run, seed) for seed in seeds[1:] for run in CORE if seed in run.seeds]
     order += plateau_runs[1:]
@@ -340,10 +363,11 @@ def claims_from(rows, seeds) -> list[dict]:
             r("student_no_kd", "low/-"))
     add("student_above_equal_training_L", "student @L above vanilla @L trained teacher + student steps",
         v("student", "low/-"), v("vanilla_equal", "low/-"))
-    for lead, label in LEADS.items():
-        both = [s for s in seeds if all("low/-" in rows.get((name, s), {}) for name in (lead, "student"))]
-        add(f"{lead}_above_student", f"{label} above the MSAD student (paired by seed)",
-            _values(rows, lead, "low/-", both), _values(rows, "student", "low/-", both), paired=True)
+    for lead, (label, baseline) in LEADS.items():
+        both = [s for s in seeds if all("low/-" in rows.get((name, s), {}) for name in (lead, baseline))]
+        against = LEADS[baseline][0] if baseline in LEADS else "MSAD student"
+        add(f"{lead}_above_{baseline}", f"{label} above the {against} (paired by seed)",
+            _values(rows, lead, "low/-", both), _values(rows, baseline, "low/-", both), paired=True)
     alone = v("sr_student", "high/-")
     for loss, label in (("skd", "skd"), ("msad_l1", "msad_l1"), ("fgfi", "fgfi"), ("skd_t0.5", "skd (T 0.5)")):
         add(f"same_res_{loss}_above_alone", f"same-resolution small student + {label} above the student alone",
@@ -420,8 +444,8 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     machines without its weights (a student whose teacher's weights are gone retrains the
     teacher first). None: OUT only.
     ``jobs``: runs trained at once, each in its own process (its log in OUT/<run>.log); on a
-    quiet 2-core machine two processes give 1.1-1.2x the images/s of one (docs/RESULTS.md,
-    session 6). ``report_only``: train nothing, write
+    quiet 2-core machine two processes, each with one inter-op thread (``cpu_threads``), give
+    1.2-1.5x the images/s of one (docs/RESULTS.md, session 10). ``report_only``: train nothing, write
     the report of the runs finished so far (e.g. while another reproduction is running).
     ``tables``, ``runs``: only these tables' runs or these runs (and their teachers); the report
     then has only them.
@@ -714,7 +738,7 @@ TABLES = (("1", "Table 1: multi-scale training"), ("2", "Table 2a/2b: fusion tea
            ("sr", "Same-resolution distillation: w0.5 single-scale teacher -> w0.25 student at H (SKD paper)"),
            ("fig7", "SKD paper Fig. 7: teachers of different AP, the same small student + SKD (seed 0)"),
            ("retina", "Table 4 for RetinaNet"),
-           ("plateau", "Plateau check: twice the budget (seed 0)"))
+           ("plateau", "Plateau check: twice the budget (seed 0; the 2x teacher on 3 seeds, for the lead students)"))
 _COLUMNS = (("high/-", "@H"), ("low/-", "@L"), ("high/fused", "fused @H"), ("high/high", "H branch @H"),
             ("low/low", "L branch @L"))
 

@@ -5,6 +5,7 @@ Run with ``pytest -m slow tests/test_multi_worker.py -s`` to see the measured fi
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from msad_tf.training import runs
 from msad_tf.training.callbacks import list_backups
 from msad_tf.training.launch import compare_worker_counts, free_ports, launch_local_workers, tf_config
 from msad_tf.training.strategy import read_tf_config
-from msad_tf.training.train import load_split, make_train_dataset, train
+from msad_tf.training.train import load_split, make_train_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -82,26 +83,32 @@ def test_each_worker_reads_its_half_of_every_global_batch(tmp_path, tiny_data):
 def test_two_workers_match_one_worker(tmp_path, tiny_data):
     """Teacher with synchronized BatchNorm, global batch 4, one step per epoch (a checkpoint per
     step): 2 workers x 2 images follow 1 worker x 4 images. Losses agree to rtol 1e-5 at every
-    step; weights (with optimizer state) to 1e-6 through the warm-up steps, and to 1e-4 after
-    step 4, when round-off of the different all-reduce order has been amplified by training at
-    the full learning rate (measured: 2.4e-7 after steps 1-3, 7e-6 after step 4)."""
+    step; weights and optimizer state to 1e-6 after every step (measured: 7e-9 after step 1,
+    6e-8 after step 4). BatchNorm's moving statistics to 1e-5: one worker computes the batch
+    variance in two passes (tf.nn.moments), two workers as E[x^2] - E[x]^2 from all-reduced
+    sums (Keras's synchronized BatchNorm), whose float32 cancellation shows in the moving
+    variance (measured: 1.8e-6 on values near 1.1 after step 1)."""
     config = tiny_train_config(tiny_data, mode="teacher", batch_size=4, base_batch=4, epochs=4,
                                steps_per_epoch=1, warmup_steps=3, model={"norm": "sync_bn"})
     config.save(tmp_path / "config.yaml")
     rows = compare_worker_counts(["--config", str(tmp_path / "config.yaml")], tmp_path, (1, 2), timeout=TIMEOUT)
     one, two = tmp_path / "workers_1", tmp_path / "workers_2"
-    per_step = [
-        max_weight_difference(one / "checkpoints" / f"epoch_{e:03d}.weights.h5",
-                              two / "checkpoints" / f"epoch_{e:03d}.weights.h5")
-        for e in range(1, 5)
-    ]
+    def moving(name):
+        return re.search(r"batch_norm[^/]*/vars/[23]$", name) is not None
+
+    per_step, per_step_moving = (
+        [max_weight_difference(one / "checkpoints" / f"epoch_{e:03d}.weights.h5",
+                               two / "checkpoints" / f"epoch_{e:03d}.weights.h5", keep) for e in range(1, 5)]
+        for keep in (lambda name: not moving(name), moving)
+    )
     for row in rows:
         print(f"{row['workers']} worker(s), global batch 4: {row['step_seconds_median']:.3f} s/step, "
               f"max |w - w_1| = {row['max_abs_diff']:.3g} (relative {row['max_rel_diff']:.3g})")
-    print("max |w_2 - w_1| after each step:", ", ".join(f"{d:.2g}" for d in per_step))
+    print("max |w_2 - w_1| after each step:", ", ".join(f"{d:.2g}" for d in per_step),
+          "; moving statistics:", ", ".join(f"{d:.2g}" for d in per_step_moving))
     assert [r["workers"] for r in rows] == [1, 2] and rows[1]["steps"] == 4
-    assert max(per_step[:3]) <= 1e-6 and per_step[3] <= 1e-4
-    assert rows[1]["max_abs_diff"] == per_step[3]
+    assert max(per_step) <= 1e-6 and max(per_step_moving) <= 1e-5
+    assert rows[1]["max_abs_diff"] == max(per_step[3], per_step_moving[3])
     np.testing.assert_allclose(_losses(two), _losses(one), rtol=1e-5)
     assert len(_losses(one)) == 4
     assert json.loads((two / runs.METRICS_FILE).read_text())["train"]["replicas"] == 2
@@ -116,8 +123,10 @@ def _losses(run_dir):
 
 def test_killed_worker_then_relaunch_resumes(tmp_path, tiny_data):
     """SIGKILL worker 1 once it has a backup; the chief then fails (or is killed); the relaunched
-    pair agrees on a backup both workers hold and ends with the weights of an uninterrupted
-    single-process run (atol 1e-5)."""
+    pair agrees on a backup both workers hold and ends with the weights of an uninterrupted pair
+    (atol 1e-5). Not of one process: at full learning rate from step 1, one worker and two
+    drift apart by round-off alone (measured 4e-5 after 4 steps, 3.9e-3 after 8, mostly
+    BatchNorm moving variance; ``test_two_workers_match_one_worker`` bounds the drift)."""
     config = tiny_train_config(tiny_data, batch_size=4, base_batch=4, epochs=2, steps_per_epoch=4,
                                backup_every=3, model={"norm": "sync_bn"})
     config_path = tmp_path / "config.yaml"
@@ -158,7 +167,8 @@ def test_killed_worker_then_relaunch_resumes(tmp_path, tiny_data):
     resumed_from = json.loads((run / runs.METRICS_FILE).read_text())["train"]["resumed_from_step"]
     assert resumed_from == max(set(worker_steps) & set(chief_steps))
 
-    train(config, tmp_path / "full", progress=False)
+    full = [a if a != str(run) else str(tmp_path / "full") for a in command]
+    assert launch_local_workers(full, 2, log_dir=tmp_path / "full_logs", timeout=TIMEOUT, env=ENV) == [0, 0]
     difference = max_weight_difference(run / runs.WEIGHTS_FILE, tmp_path / "full" / runs.WEIGHTS_FILE)
     print(f"worker 1 killed after step >= {worker_steps[0]} (chief: {chief_code}), chief backups {chief_steps}, "
           f"worker backups {worker_steps}; resumed from step {resumed_from}: max |w - w_uninterrupted| = "

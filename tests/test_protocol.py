@@ -300,6 +300,27 @@ def test_benchmark_processes_times_concurrent_runs(tiny_data):
 
 
 @pytest.mark.slow
+def test_benchmark_threads_runs_each_setting_in_its_own_process(tiny_data):
+    """Each thread setting's process reports the pools it ran with; every ratio is against
+    the first setting's step before the speed-ups."""
+    from msad_tf.cpu_threads import thread_settings
+    from msad_tf.evaluation.benchmark import THREAD_SETTINGS, benchmark_threads, format_thread_benchmark
+    from conftest import tiny_train_config
+
+    config = tiny_train_config(tiny_data)
+    result = benchmark_threads(config, modes=("single",), steps=1, rounds=1, progress=False)
+    tf_pools, msad_pools = (result["settings"][name] for name in THREAD_SETTINGS)
+    assert tf_pools["threads"] == [0, 0]
+    assert tuple(msad_pools["threads"]) == thread_settings(1, env={})
+    assert tf_pools["modes"]["single"]["before"]["speedup"] == 1.0
+    base = tf_pools["modes"]["single"]["before"]["step_seconds"]
+    for entry in (tf_pools, msad_pools):
+        for row in entry["modes"]["single"].values():
+            assert row["speedup"] == pytest.approx(base / row["step_seconds"])
+    assert "msad (auto) (" in format_thread_benchmark(result)
+
+
+@pytest.mark.slow
 def test_evaluate_checkpoints_gives_ap_against_steps(tiny_data, tmp_path):
     """msad evaluate --checkpoints: one entry per epoch checkpoint at epoch x steps_per_epoch;
     the last one is the final weights' evaluation."""

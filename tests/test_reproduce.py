@@ -127,6 +127,31 @@ def test_run_order_puts_the_seeded_core_first():
                 assert teacher_of[teacher] < teacher_of[f"{run.name}_s{seed}"]
 
 
+
+def test_leads_and_the_teachers_they_learn_from_run_on_every_seed():
+    names = {f"{run.name}_s{seed}" for run, seed in reproduce.all_runs()}
+    for lead in reproduce.LEADS:
+        assert {f"{lead}_s{seed}" for seed in reproduce.SEEDS} <= names
+    assert {"teacher_2x_s1", "teacher_2x_s2"} <= names
+    assert "student_2x_s1" not in names and "single_2x_s1" not in names
+    only = {f"{run.name}_s{seed}" for run, seed in reproduce.all_runs(runs=["student_mse_from_teacher_2x"])}
+    assert only == {f"{n}_s{s}" for n in ("teacher_2x", "student_mse_from_teacher_2x") for s in reproduce.SEEDS}
+
+
+def test_a_lead_is_judged_against_its_own_baseline():
+    rows = {}
+    for seed, (base, lead) in enumerate(((44.0, 44.5), (43.0, 43.2), (43.5, 43.9))):
+        rows[("student", seed)] = {"low/-": {"AP": 42.0}}
+        rows[("student_from_teacher_2x", seed)] = {"low/-": {"AP": base}}
+        rows[("student_mse_from_teacher_2x", seed)] = {"low/-": {"AP": lead}}
+    claims = {c["claim"]: c for c in reproduce.claims_from(rows, (0, 1, 2))}
+    combined = claims["student_mse_from_teacher_2x_above_student_from_teacher_2x"]
+    assert combined["difference"] == pytest.approx(1.1 / 3) and combined["paired"]
+    assert combined["se"] == pytest.approx(np.std([0.5, 0.2, 0.4], ddof=1) / np.sqrt(3))
+    assert "2x-trained teacher (paired" in combined["text"]
+    assert claims["student_from_teacher_2x_above_student"]["difference"] == pytest.approx(1.5)
+
+
 @pytest.mark.slow
 def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
     """Two seeds of the core runs on the tiny dataset; a second call trains and evaluates

@@ -435,3 +435,92 @@ def format_process_benchmark(result: dict) -> str:
         lines.append(f"{count:>10} {entry['step_seconds'] * 1000:13.1f} {entry['images_per_second']:15.1f} "
                      f"{entry['speedup']:12.2f}")
     return "\n".join(lines)
+
+
+#: Thread-pool settings ``msad benchmark train --threads`` compares, each in its own processes:
+#: name -> environment of the process (``msad_tf.cpu_threads``).
+THREAD_SETTINGS = {
+    "TensorFlow's": {"MSAD_THREADS": "default", "TF_NUM_INTRAOP_THREADS": None, "TF_NUM_INTEROP_THREADS": None},
+    "msad (auto)": {"MSAD_THREADS": "auto", "TF_NUM_INTRAOP_THREADS": None, "TF_NUM_INTEROP_THREADS": None},
+}
+
+
+def _train_benchmark_in_process(config_dict, modes, steps, path) -> None:
+    """One process of ``benchmark_threads``: ``benchmark_train`` of ``modes`` (default and
+    before, one round) with this process's thread pools, written to ``path`` with them."""
+    import json
+    from pathlib import Path
+
+    from msad_tf.config import config_from_dict
+    from msad_tf.cpu_threads import current_threads
+
+    result = benchmark_train(config_from_dict(config_dict), modes=modes, steps=steps, speedups=(), rounds=1,
+                             progress=False)
+    result["threads"] = list(current_threads())
+    Path(path).write_text(json.dumps(result))
+
+
+def benchmark_threads(config, modes=("single",), steps: int = 10, rounds: int = 3, settings=None,
+                      progress=True) -> dict:
+    """Train-step time of each mode, as configured (``default``) and before the speed-ups
+    (``before``), under each thread-pool setting of ``settings`` (``THREAD_SETTINGS``). The
+    pools are fixed when TensorFlow starts, so every (round, setting) is its own process, the
+    settings interleaved over ``rounds`` so that a busy machine slows them alike; the median
+    round is kept. ``speedup`` is the first setting's ``before`` over each row: the total gain
+    of the speed-ups and of the thread pools. Returns dict(batch_size, settings={name: {threads:
+    [intra, inter] (0: TensorFlow's default), modes={mode: {variant: {step_seconds,
+    images_per_second, speedup}}}}})."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from msad_tf.training.parallel import Task, run_in_processes
+
+    settings = THREAD_SETTINGS if settings is None else settings
+    runs = {name: [] for name in settings}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_index in range(rounds):
+            for index, (name, env) in enumerate(settings.items()):
+                path = Path(tmp, f"r{round_index}_{index}.json")
+                task = Task(f"threads_{index}", _train_benchmark_in_process,
+                            (config.to_dict(), tuple(modes), steps, str(path)), env=dict(env))
+                codes = run_in_processes([task], jobs=1, progress=False, poll=0.2)
+                if any(codes.values()):
+                    raise RuntimeError(f"the benchmark process of thread setting {name!r} failed: {codes}")
+                runs[name].append(json.loads(path.read_text()))
+                if progress:
+                    steps_ms = ", ".join(f"{mode} {entry['default']['step_seconds'] * 1000:.1f}"
+                                         for mode, entry in runs[name][-1]["modes"].items())
+                    print(f"  round {round_index + 1}/{rounds}, threads {name}: {steps_ms} ms/step", flush=True)
+    result = {"batch_size": config.train.batch_size, "steps": steps, "rounds": rounds, "settings": {}}
+    for name, done in runs.items():
+        entry = {"threads": done[0]["threads"], "modes": {}}
+        for mode in modes:
+            entry["modes"][mode] = {}
+            for variant in ("before", "default"):
+                seconds = float(np.median([r["modes"][mode][variant]["step_seconds"] for r in done]))
+                entry["modes"][mode][variant] = {"step_seconds": seconds,
+                                                 "images_per_second": config.train.batch_size / seconds}
+        result["settings"][name] = entry
+    first = next(iter(result["settings"].values()))
+    for entry in result["settings"].values():
+        for mode, variants in entry["modes"].items():
+            for row in variants.values():
+                row["speedup"] = first["modes"][mode]["before"]["step_seconds"] / row["step_seconds"]
+    return result
+
+
+def format_thread_benchmark(result: dict) -> str:
+    names = list(result["settings"])
+    lines = [f"train step, batch {result['batch_size']}, per thread-pool setting (intra-op, inter-op threads; "
+             f"0 = one per core), each in its own process, {result['rounds']} interleaved rounds of "
+             f"{result['steps']} steps (median)",
+             f"x before = step time before the speed-ups with {names[0]} threads / this row's",
+             f"{'mode':<20} {'threads':<22} {'variant':<8} {'ms/step':>9} {'images/s':>9} {'x before':>9}"]
+    for mode in next(iter(result["settings"].values()))["modes"]:
+        for name, entry in result["settings"].items():
+            threads = f"{name} ({entry['threads'][0]}, {entry['threads'][1]})"
+            for variant, row in entry["modes"][mode].items():
+                lines.append(f"{mode:<20} {threads:<22} {variant:<8} {row['step_seconds'] * 1000:9.1f} "
+                             f"{row['images_per_second']:9.1f} {row['speedup']:9.2f}")
+    return "\n".join(lines)

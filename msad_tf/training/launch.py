@@ -79,6 +79,7 @@ def launch_local_workers(
     procs, pumps, logs = [], [], []
     for index in range(num_workers):
         worker_env = dict(base_env, TF_CONFIG=tf_config(workers, index))
+        worker_env.setdefault("MSAD_PROCESSES", str(num_workers))
         if log_dir is not None:
             log = open(Path(log_dir) / f"worker_{index}.log", "wb")
             logs.append(log)

@@ -1,8 +1,9 @@
 """Several training runs at once, each in its own process.
 
 A train step of the small models of the demo and of ``msad reproduce`` is bound by per-op
-overhead, not arithmetic: on a quiet 2-core machine two processes train at 1.1-1.2x the
-images/s of one (``msad benchmark train --processes 1 2``, docs/RESULTS.md). Each process is
+overhead, not arithmetic, so two processes train at more images/s than one on a quiet 2-core
+machine (``msad benchmark train --processes 1 2``, docs/RESULTS.md); each gets its share of the
+cores as its thread pools (``msad_tf.cpu_threads``). Each process is
 started with the ``spawn`` method (a fresh TensorFlow runtime), writes its output to its own
 log file, and a task waits until the task it needs (e.g. a student's teacher) has produced
 what it reads.
@@ -24,7 +25,8 @@ class Task:
 
     ``ready``: a no-argument predicate checked before the start (e.g. "the teacher's weights
     exist", which holds before the teacher's task has finished evaluating); ``needs``: key of
-    the task that makes it ready: when that task fails, this one is not started.
+    the task that makes it ready: when that task fails, this one is not started. ``env``:
+    environment variables of the process (None removes one), set before TensorFlow loads.
     """
 
     key: str
@@ -33,22 +35,29 @@ class Task:
     log: Path | None = None
     needs: str | None = None
     ready: Callable[[], bool] = field(default=lambda: True)
+    env: dict = field(default_factory=dict)
 
 
-def _run(module, name, args, log) -> None:
+def _run(module, name, args, log, processes, env) -> None:
     """The target is passed by name and imported only here, after TensorFlow has loaded
-    quietly: a target module that imports TensorFlow at its top would otherwise print its
-    native start-up lines while the child unpickles it."""
+    quietly (its thread pools set for one of ``processes`` runs at once): a target module that
+    imports TensorFlow at its top would otherwise print its native start-up lines while the
+    child unpickles it."""
     if log is not None:
         stream = open(log, "a", buffering=1)  # noqa: SIM115 - the process's own stdout/stderr
         os.dup2(stream.fileno(), 1)
         os.dup2(stream.fileno(), 2)
         sys.stdout = sys.stderr = stream
+    for variable, value in env.items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value
     import importlib
 
     from msad_tf.native_logs import load_tensorflow_quietly
 
-    load_tensorflow_quietly()
+    load_tensorflow_quietly(processes)
     target = importlib.import_module(module)
     for part in name.split("."):
         target = getattr(target, part)
@@ -96,7 +105,7 @@ def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: 
                 continue
             pending.remove(task)
             proc = context.Process(target=_run, args=(task.target.__module__, task.target.__qualname__, task.args,
-                                                         task.log), name=task.key)
+                                                         task.log, jobs, task.env), name=task.key)
             proc.start()
             running[task.key] = (proc, time.time())
             if progress:
