@@ -136,6 +136,8 @@ def test_leads_and_the_teachers_they_learn_from_run_on_every_seed():
     assert "student_2x_s1" not in names and "single_2x_s1" not in names
     only = {f"{run.name}_s{seed}" for run, seed in reproduce.all_runs(runs=["student_mse_from_teacher_2x"])}
     assert only == {f"{n}_s{s}" for n in ("teacher_2x", "student_mse_from_teacher_2x") for s in reproduce.SEEDS}
+    for baseline in {b for _, baselines in reproduce.LEADS.values() for b in baselines}:
+        assert {f"{baseline}_s{seed}" for seed in reproduce.SEEDS} <= names
 
 
 def test_a_lead_is_judged_against_its_own_baseline():
@@ -150,6 +152,15 @@ def test_a_lead_is_judged_against_its_own_baseline():
     assert combined["se"] == pytest.approx(np.std([0.5, 0.2, 0.4], ddof=1) / np.sqrt(3))
     assert "2x-trained teacher (paired" in combined["text"]
     assert claims["student_from_teacher_2x_above_student"]["difference"] == pytest.approx(1.5)
+    assert "student_from_teacher_2x_above_student_no_kd_from_teacher_2x" not in claims
+    for seed in (0, 1, 2):
+        rows[("student_no_kd_from_teacher_2x", seed)] = {"low/-": {"AP": 43.0 + seed}}
+        rows[("student_no_kd", seed)] = {"low/-": {"AP": 41.0}}
+    claims = {c["claim"]: c for c in reproduce.claims_from(rows, (0, 1, 2))}
+    control = claims["student_from_teacher_2x_above_student_no_kd_from_teacher_2x"]
+    assert control["b"] == [43.0, 44.0, 45.0] and control["difference"] == pytest.approx(-1.5 / 3)
+    assert not control["holds"] and "above the student without KD from the 2x" in control["text"]
+    assert claims["student_no_kd_from_teacher_2x_above_student_no_kd"]["difference"] == pytest.approx(3.0)
 
 
 @pytest.mark.slow
