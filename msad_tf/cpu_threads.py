@@ -53,13 +53,13 @@ def thread_settings(processes: int | None = None, cores: int | None = None, env=
     return tuple(g if g is not None else c for g, c in zip(given, chosen))
 
 
-def configure_threads(processes: int | None = None, settings: tuple[int, int] | None = None) -> tuple[int, int]:
-    """Apply ``settings`` (default: ``thread_settings(processes)``) to TensorFlow's thread pools.
-    Must run before TensorFlow's runtime starts (its first op or device query); later it is a
-    no-op, and the pools keep what they started with. Returns the settings applied."""
+def configure_threads(processes: int | None = None) -> tuple[int, int]:
+    """Apply ``thread_settings(processes)`` to TensorFlow's thread pools. Must run before
+    TensorFlow's runtime starts (its first op or device query); later it is a no-op, and the
+    pools keep what they started with. Returns the settings the pools have."""
     import tensorflow as tf
 
-    intra, inter = thread_settings(processes) if settings is None else settings
+    intra, inter = thread_settings(processes)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
