@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "distillation step with a fusion teacher)")
     b.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
     b.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the variants")
-    speedups = ("fused_bn", "batch_heads", "precision", "jit_compile")
+    speedups = ("fused_bn", "batch_heads", "fused_optimizer", "precision", "jit_compile")
     b.add_argument("--speedups", nargs="*", default=list(speedups), choices=list(speedups),
                    help="speed-ups to switch one at a time (besides 'default' and 'before')")
     b.add_argument("--compare", nargs="+", default=[], metavar="SECTION.KEY=VALUE",

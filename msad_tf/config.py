@@ -139,7 +139,8 @@ class TrainConfig:
     them). ``optimizer``: ``sgd`` (momentum; the authors') or ``adamw`` (decoupled weight decay
     ``weight_decay``, which then is AdamW's coefficient). ``backup_every`` backs up model and
     optimizer every that many steps in RUN_DIR/backup so that a killed run resumes where it
-    stopped (0: off).
+    stopped (0: off). ``fused_optimizer`` updates each variable with one TensorFlow kernel
+    instead of Keras's chain of small ops (same numbers to float round-off; ``false``: Keras's).
     """
 
     mode: str = "single"
@@ -167,6 +168,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "default"
     jit_compile: bool = False
+    fused_optimizer: bool = True
     precision: str = "float32"
     eval_every: int = 0
     teacher_run: str | None = None

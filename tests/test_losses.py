@@ -63,6 +63,40 @@ def test_assignment_size_ranges_pick_the_level():
     )
 
 
+def test_assignment_equals_the_dense_reference():
+    """The matched box is gathered first and its (l, t, r, b) computed per location; the dense
+    form (l, t, r, b) of every (location, box) pair, then a gather, gives the same targets."""
+    spec = FCOSTargetSpec(strides=(8, 16, 32), size_ranges=((0, 16), (16, 32), (32, 1e8)), center_radius=1.5)
+    sizes = [(8, 8), (4, 4), (2, 2)]
+    rng = np.random.default_rng(0)
+    corners = np.sort(rng.uniform(0, 64, size=(3, 10, 2, 2)), axis=2)
+    boxes = tf.constant(np.concatenate([corners[:, :, 0], corners[:, :, 1]], -1), tf.float32)
+    classes = tf.constant(np.where(rng.uniform(size=(3, 10)) < 0.8, rng.integers(0, 4, (3, 10)), -1), tf.int32)
+    got = assign_targets(boxes, classes, sizes, spec)
+
+    locations, strides, levels = pyramid_locations(sizes, spec.strides)
+    y, x = locations[None, :, 0, None], locations[None, :, 1, None]
+    ltrb = tf.stack([x - boxes[:, None, :, 1], y - boxes[:, None, :, 0], boxes[:, None, :, 3] - x,
+                     boxes[:, None, :, 2] - y], axis=-1)
+    areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    ranges = np.array(spec.size_ranges, np.float32)[levels.numpy()]
+    max_reg = tf.reduce_max(ltrb, -1)
+    radius = strides[None, :, None] * spec.center_radius
+    cy, cx = (boxes[..., 0] + boxes[..., 2])[:, None] / 2, (boxes[..., 1] + boxes[..., 3])[:, None] / 2
+    inside = ((tf.abs(x - cx) < radius) & (tf.abs(y - cy) < radius) & (tf.reduce_min(ltrb, -1) > 0)
+              & (max_reg >= ranges[None, :, 0, None]) & (max_reg <= ranges[None, :, 1, None])
+              & (classes >= 0)[:, None, :])
+    area = tf.where(inside, areas[:, None, :], np.inf)
+    best = tf.argmin(area, -1, output_type=tf.int32)
+    positive = tf.reduce_min(area, -1) < np.inf
+    matched = tf.gather(ltrb, best, axis=2, batch_dims=2)
+    assert 20 < int(tf.reduce_sum(tf.cast(positive, tf.int32))) < positive.shape[0] * positive.shape[1]
+    np.testing.assert_array_equal(got["labels"].numpy(),
+                                  tf.where(positive, tf.gather(classes, best, batch_dims=1), -1).numpy())
+    expected = matched / strides[None, :, None] * tf.cast(positive, tf.float32)[..., None]
+    np.testing.assert_array_equal(got["box_targets"].numpy(), expected.numpy())
+
+
 def test_loss_values_hand_computed():
     outputs = {
         "cls_logits": tf.zeros([1, 2, 1]),

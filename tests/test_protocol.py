@@ -280,7 +280,11 @@ def test_benchmark_train_ratios_come_from_one_run(tiny_data):
     assert result["modes"]["single"]["default"]["ratio_to_single"] == 1.0
     text = format_train_benchmark(result)
     assert "before" in text and "single" in text
-    assert set(SPEEDUPS) == {"fused_bn", "batch_heads", "precision", "jit_compile"}
+    assert set(SPEEDUPS) == {"fused_bn", "batch_heads", "fused_optimizer", "precision", "jit_compile"}
+    from msad_tf.cli import build_parser
+
+    args = build_parser().parse_args(["benchmark", "train", "--speedups", *SPEEDUPS])
+    assert args.speedups == list(SPEEDUPS)
 
 
 @pytest.mark.slow

@@ -48,12 +48,13 @@ def _step_function(model, batch):
 SPEEDUPS = {
     "fused_bn": ["model.fused_bn=false"],
     "batch_heads": ["model.batch_heads=false"],
+    "fused_optimizer": ["train.fused_optimizer=false"],
     "precision": ["train.precision=FLIP"],
     "jit_compile": ["train.jit_compile=true"],
 }
 #: The train step as it was before the speed-ups (the issue's baseline): unfused BatchNorm,
-#: one head pass per branch, no XLA, the config's precision.
-BEFORE = ["model.fused_bn=false", "model.batch_heads=false", "train.jit_compile=false"]
+#: one head pass per branch, Keras's optimizers, no XLA, the config's precision.
+BEFORE = ["model.fused_bn=false", "model.batch_heads=false", "train.fused_optimizer=false", "train.jit_compile=false"]
 
 
 def _speedup_overrides(config, name):

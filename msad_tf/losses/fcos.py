@@ -56,7 +56,6 @@ def assign_targets(boxes, classes, sizes, spec: FCOSTargetSpec):
     x = locations[None, :, 1, None]
     ymin, xmin, ymax, xmax = [boxes[:, None, :, i] for i in range(4)]
     left, top, right, bottom = x - xmin, y - ymin, xmax - x, ymax - y
-    ltrb = tf.stack([left, top, right, bottom], axis=-1)
 
     radius = strides[None, :, None] * spec.center_radius
     cy, cx = (ymin + ymax) / 2.0, (xmin + xmax) / 2.0
@@ -66,7 +65,7 @@ def assign_targets(boxes, classes, sizes, spec: FCOSTargetSpec):
         & (y > tf.maximum(cy - radius, ymin))
         & (y < tf.minimum(cy + radius, ymax))
     )
-    max_reg = tf.reduce_max(ltrb, axis=-1)
+    max_reg = tf.maximum(tf.maximum(left, top), tf.maximum(right, bottom))
     in_range = (max_reg >= lo) & (max_reg <= hi)
     valid = (classes >= 0)[:, None, :]
     area = ((ymax - ymin) * (xmax - xmin)) * tf.ones_like(max_reg)
@@ -76,7 +75,9 @@ def assign_targets(boxes, classes, sizes, spec: FCOSTargetSpec):
     positive = tf.reduce_min(area, axis=-1) < _INF
 
     labels = tf.where(positive, tf.gather(classes, best, batch_dims=1), -1)
-    matched = tf.gather(ltrb, best, axis=2, batch_dims=2)
+    box = tf.gather(boxes, best, batch_dims=1)
+    y, x = locations[None, :, 0], locations[None, :, 1]
+    matched = tf.stack([x - box[..., 1], y - box[..., 0], box[..., 3] - x, box[..., 2] - y], axis=-1)
     box_targets = matched / strides[None, :, None]
     lr = tf.stack([matched[..., 0], matched[..., 2]], -1)
     tb = tf.stack([matched[..., 1], matched[..., 3]], -1)

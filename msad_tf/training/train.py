@@ -90,14 +90,16 @@ def make_train_dataset(config: Config, train_data, global_batch: int):
 def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """SGD with momentum, weight decay on kernels (coupled L2 by default, see
     ``msad_tf.training.optimizers``), warm-up and step decay; or AdamW (``train.optimizer``)
-    with the same schedule and decoupled decay.
+    with the same schedule and decoupled decay. ``train.fused_optimizer`` (default) updates each
+    variable with one TensorFlow kernel (``msad_tf.training.optimizers``; SGD with decoupled decay
+    stays Keras's).
 
     The learning rate scales linearly with the global batch (base_lr at base_batch).
     ``train.clipnorm`` clips the global norm of the gradients, ``train.clipvalue`` each element.
     Keras clips before the cross-replica all-reduce, so with R replicas the bound holds per
     replica (the summed gradient's norm is at most R * clipnorm).
     """
-    from msad_tf.training.optimizers import CoupledSGD
+    from msad_tf.training.optimizers import CoupledSGD, FusedAdamW
 
     t = config.train
     lr = t.base_lr * t.batch_size / t.base_batch
@@ -109,18 +111,19 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
         warmup_factor=t.warmup_factor,
     )
     clipping = dict(global_clipnorm=t.clipnorm, clipvalue=t.clipvalue)
+    if t.optimizer == "adamw" and t.fused_optimizer:
+        return FusedAdamW(schedule, decay=t.weight_decay or 0.0, decay_exclude=NO_WEIGHT_DECAY, **clipping)
     if t.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=t.weight_decay or 0.0, **clipping)
         optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
         return optimizer
-    if t.weight_decay and t.weight_decay_mode == "coupled":
-        return CoupledSGD(schedule, momentum=float(t.momentum), l2=t.weight_decay, l2_exclude=NO_WEIGHT_DECAY,
-                          **clipping)
+    if not t.weight_decay or t.weight_decay_mode == "coupled":
+        return CoupledSGD(schedule, momentum=float(t.momentum), l2=t.weight_decay or 0.0,
+                          l2_exclude=NO_WEIGHT_DECAY, fused=t.fused_optimizer, **clipping)
     optimizer = keras.optimizers.SGD(
         schedule, momentum=float(t.momentum), weight_decay=t.weight_decay or None, **clipping
     )
-    if t.weight_decay:
-        optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+    optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return optimizer
 
 
