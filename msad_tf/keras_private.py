@@ -34,3 +34,11 @@ def strategy_from_scope(model: keras.Model):
         yield model
     finally:
         model._distribute_strategy = created_under
+
+
+def optimizer_slot(optimizer, slots: str, variable):
+    """The slot variable ``optimizer`` keeps for ``variable`` in its list attribute ``slots``
+    (Adam's ``_momentums`` / ``_velocities``, SGD's ``momentums``), found by
+    ``BaseOptimizer._get_variable_index``, as Keras's own ``update_step`` implementations do: Keras
+    has no public lookup of a variable's slot."""
+    return getattr(optimizer, slots)[optimizer._get_variable_index(variable)]

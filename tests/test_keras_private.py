@@ -38,3 +38,26 @@ def test_strategy_from_scope_detaches_and_restores_the_creation_strategy():
         assert model._distribute_strategy is None
         model.fit(np.ones((4, 3)), np.ones((4, 1)), epochs=1, verbose=0)
     assert model._distribute_strategy is strategy
+
+
+def test_optimizer_slot_finds_each_variables_slots():
+    """After one step with gradient g from zero slots: Adam's first moment is (1 - beta_1) g and
+    its second (1 - beta_2) g^2; SGD's momentum is -lr g, each for its own variable."""
+    import numpy as np
+    import tensorflow as tf
+
+    from msad_tf.keras_private import optimizer_slot
+
+    weights = [keras.Variable(np.zeros(2, np.float32), name=f"w{i}") for i in range(3)]
+    grads = [tf.constant([1.0 + i, -2.0 * i]) for i in range(3)]
+    adam = keras.optimizers.Adam(0.1, beta_1=0.9, beta_2=0.99)
+    sgd = keras.optimizers.SGD(0.5, momentum=0.9)
+    adam.apply(grads, weights)
+    sgd_weights = [keras.Variable(np.zeros(2, np.float32), name=f"v{i}") for i in range(3)]
+    sgd.apply(grads, sgd_weights)
+    for weight, grad in zip(weights, grads):
+        np.testing.assert_allclose(optimizer_slot(adam, "_momentums", weight).numpy(), 0.1 * grad.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(optimizer_slot(adam, "_velocities", weight).numpy(), 0.01 * grad.numpy() ** 2,
+                                   rtol=1e-5)
+    for weight, grad in zip(sgd_weights, grads):
+        np.testing.assert_allclose(optimizer_slot(sgd, "momentums", weight).numpy(), -0.5 * grad.numpy(), rtol=1e-6)

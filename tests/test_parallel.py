@@ -17,6 +17,12 @@ def fail():
     raise SystemExit(5)
 
 
+def write_threads(path):
+    from msad_tf.cpu_threads import current_threads
+
+    Path(path).write_text(",".join(map(str, current_threads())))
+
+
 def test_a_task_starts_once_what_it_needs_exists_and_logs_go_to_files(tmp_path):
     teacher, student, other = tmp_path / "teacher", tmp_path / "student", tmp_path / "other"
     tasks = [
@@ -85,3 +91,16 @@ def test_a_target_from_a_module_that_imports_tensorflow_starts_quietly(tmp_path,
     console = capfd.readouterr()
     text = console.out + console.err + (log.read_text() if log.is_file() else "")
     assert "cuInit" not in text and "cuda" not in text and "oneDNN" not in text, text
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_each_task_gets_the_threads_of_the_runs_at_once(tmp_path, count):
+    """With --jobs 2, two tasks get one share each, and a lone task gets both shares (the thread
+    pools are decided before TensorFlow starts and cannot grow later)."""
+    from msad_tf.cpu_threads import thread_settings
+
+    tasks = [Task(f"t{i}", write_threads, (tmp_path / f"t{i}",)) for i in range(count)]
+    assert run_in_processes(tasks, jobs=2, progress=False, poll=0.1) == {f"t{i}": 0 for i in range(count)}
+    expected = ",".join(map(str, thread_settings(count)))
+    for i in range(count):
+        assert (tmp_path / f"t{i}").read_text() == expected

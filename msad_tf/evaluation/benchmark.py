@@ -366,6 +366,20 @@ def format_data_benchmark(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _results_of_processes(tasks, paths, jobs: int, what: str) -> list[dict]:
+    """Runs ``tasks`` (each writes a JSON result to its entry of ``paths``) ``jobs`` at a time,
+    each in its own process, and returns the results; raises naming ``what`` if one fails."""
+    import json
+    from pathlib import Path
+
+    from msad_tf.training.parallel import run_in_processes
+
+    codes = run_in_processes(tasks, jobs=jobs, progress=False, poll=0.2)
+    if any(codes.values()):
+        raise RuntimeError(f"the benchmark process of {what} failed: {codes}")
+    return [json.loads(Path(path).read_text()) for path in paths]
+
+
 def _time_steps_in_process(config_dict, mode, steps, rounds, barrier_dir, index, count) -> None:
     """One process of ``benchmark_processes``: builds ``mode``, warms it up, waits until all
     ``count`` processes are ready, then times ``rounds`` x ``steps`` steps and writes
@@ -401,11 +415,10 @@ def benchmark_processes(config, mode="single", steps: int = 20, rounds: int = 3,
     steps of ``mode`` at the same moment. Returns dict(mode, batch_size, processes={P: {
     step_seconds (median over processes and rounds), images_per_second (all processes
     together), speedup (images/s over that of 1 process)}})."""
-    import json
     import tempfile
     from pathlib import Path
 
-    from msad_tf.training.parallel import Task, run_in_processes
+    from msad_tf.training.parallel import Task
 
     result = {"mode": mode, "batch_size": config.train.batch_size, "steps": steps, "rounds": rounds,
               "processes": {}}
@@ -413,10 +426,8 @@ def benchmark_processes(config, mode="single", steps: int = 20, rounds: int = 3,
         with tempfile.TemporaryDirectory() as barrier:
             tasks = [Task(f"bench_{i}", _time_steps_in_process,
                           (config.to_dict(), mode, steps, rounds, barrier, i, count)) for i in range(count)]
-            codes = run_in_processes(tasks, jobs=count, progress=False, poll=0.2)
-            if any(codes.values()):
-                raise RuntimeError(f"a benchmark process failed: {codes}")
-            runs = [json.loads(Path(barrier, f"result_{i}.json").read_text()) for i in range(count)]
+            runs = _results_of_processes(tasks, [Path(barrier, f"result_{i}.json") for i in range(count)], count,
+                                         f"{count} processes at once")
         seconds = float(np.median([s for r in runs for s in r["step_seconds"]]))
         result["processes"][count] = {"step_seconds": seconds,
                                       "images_per_second": count * config.train.batch_size / seconds}
@@ -471,11 +482,10 @@ def benchmark_threads(config, modes=("single",), steps: int = 10, rounds: int = 
     of the speed-ups and of the thread pools. Returns dict(batch_size, settings={name: {threads:
     [intra, inter] (0: TensorFlow's default), modes={mode: {variant: {step_seconds,
     images_per_second, speedup}}}}})."""
-    import json
     import tempfile
     from pathlib import Path
 
-    from msad_tf.training.parallel import Task, run_in_processes
+    from msad_tf.training.parallel import Task
 
     settings = THREAD_SETTINGS if settings is None else settings
     runs = {name: [] for name in settings}
@@ -485,10 +495,7 @@ def benchmark_threads(config, modes=("single",), steps: int = 10, rounds: int = 
                 path = Path(tmp, f"r{round_index}_{index}.json")
                 task = Task(f"threads_{index}", _train_benchmark_in_process,
                             (config.to_dict(), tuple(modes), steps, str(path)), env=dict(env))
-                codes = run_in_processes([task], jobs=1, progress=False, poll=0.2)
-                if any(codes.values()):
-                    raise RuntimeError(f"the benchmark process of thread setting {name!r} failed: {codes}")
-                runs[name].append(json.loads(path.read_text()))
+                runs[name] += _results_of_processes([task], [path], 1, f"thread setting {name!r}")
                 if progress:
                     steps_ms = ", ".join(f"{mode} {entry['default']['step_seconds'] * 1000:.1f}"
                                          for mode, entry in runs[name][-1]["modes"].items())

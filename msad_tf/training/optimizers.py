@@ -20,6 +20,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from msad_tf.keras_private import optimizer_slot
+
 
 @keras.saving.register_keras_serializable(package="msad_tf")
 class CoupledSGD(keras.optimizers.SGD):
@@ -48,7 +50,7 @@ class CoupledSGD(keras.optimizers.SGD):
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         tf.raw_ops.ResourceApplyKerasMomentum(
-            var=variable.handle, accum=self.momentums[self._get_variable_index(variable)].value.handle,
+            var=variable.handle, accum=optimizer_slot(self, "momentums", variable).value.handle,
             lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
             momentum=tf.cast(self.momentum, dtype), use_nesterov=self.nesterov)
 
@@ -91,10 +93,10 @@ class FusedAdamW(keras.optimizers.Adam):
             variable.assign_sub(variable * tf.cast(self.decay, dtype) * lr)
         if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
-        index = self._get_variable_index(variable)
         step = tf.cast(self.iterations + 1, dtype)
         tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=self._momentums[index].value.handle, v=self._velocities[index].value.handle,
+            var=variable.handle, m=optimizer_slot(self, "_momentums", variable).value.handle,
+            v=optimizer_slot(self, "_velocities", variable).value.handle,
             beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step), beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
             lr=lr, beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
             epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))

@@ -75,6 +75,7 @@ def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: 
     """
     context = multiprocessing.get_context("spawn")
     keys = [task.key for task in tasks]
+    at_once = max(1, min(jobs, len(tasks)))
     pending = list(tasks)
     running: dict[str, tuple] = {}
     codes: dict[str, int] = {}
@@ -105,7 +106,7 @@ def run_in_processes(tasks: list[Task], jobs: int, progress: bool = True, poll: 
                 continue
             pending.remove(task)
             proc = context.Process(target=_run, args=(task.target.__module__, task.target.__qualname__, task.args,
-                                                         task.log, jobs, task.env), name=task.key)
+                                                         task.log, at_once, task.env), name=task.key)
             proc.start()
             running[task.key] = (proc, time.time())
             if progress:
