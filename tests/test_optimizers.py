@@ -111,5 +111,7 @@ def test_make_optimizer_fuses_unless_told_not_to():
 def test_fused_optimizers_round_trip_their_config():
     adamw = FusedAdamW.from_config(_fused_adamw().get_config())
     assert adamw.decay == 0.05 and adamw.decay_exclude == ("bias",)
+    with pytest.raises(ValueError, match="decay="):
+        FusedAdamW(0.1, weight_decay=0.05)
     sgd = CoupledSGD.from_config(CoupledSGD(0.1, momentum=0.9, fused=False).get_config())
     assert sgd.fused is False and sgd.momentum == 0.9

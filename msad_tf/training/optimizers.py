@@ -23,6 +23,12 @@ from keras import ops
 from msad_tf.keras_private import optimizer_slot
 
 
+def _excluded(variable, names) -> bool:
+    """Whether the path (else the name) of ``variable`` contains one of ``names``."""
+    path = getattr(variable, "path", variable.name)
+    return any(name in path for name in names)
+
+
 @keras.saving.register_keras_serializable(package="msad_tf")
 class CoupledSGD(keras.optimizers.SGD):
     """keras.optimizers.SGD with PyTorch-style L2 (``l2``) on every variable whose path contains
@@ -37,8 +43,7 @@ class CoupledSGD(keras.optimizers.SGD):
 
     def decays(self, variable) -> bool:
         """Whether ``variable`` gets the L2 term."""
-        path = getattr(variable, "path", variable.name)
-        return self.l2 > 0 and not any(name in path for name in self.l2_exclude)
+        return self.l2 > 0 and not _excluded(variable, self.l2_exclude)
 
     def update_step(self, gradient, variable, learning_rate):
         import tensorflow as tf
@@ -74,15 +79,15 @@ class FusedAdamW(keras.optimizers.Adam):
     """
 
     def __init__(self, learning_rate=0.001, decay: float = 0.004, decay_exclude=(), **kwargs):
-        kwargs.pop("weight_decay", None)
+        if kwargs.pop("weight_decay", None) is not None:
+            raise ValueError("FusedAdamW applies its decoupled decay itself: give decay=, not weight_decay=")
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.decay = float(decay)
         self.decay_exclude = tuple(decay_exclude)
 
     def decays(self, variable) -> bool:
         """Whether ``variable`` gets the decoupled decay."""
-        path = getattr(variable, "path", variable.name)
-        return self.decay > 0 and not any(name in path for name in self.decay_exclude)
+        return self.decay > 0 and not _excluded(variable, self.decay_exclude)
 
     def update_step(self, gradient, variable, learning_rate):
         import tensorflow as tf
