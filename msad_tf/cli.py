@@ -293,7 +293,12 @@ def cmd_benchmark(args):
     from msad_tf.evaluation.benchmark import benchmark_train, format_train_benchmark
 
     config = _resolve_config(args)
-    if args.threads:
+    if args.profile:
+        from msad_tf.evaluation.benchmark import format_profile, profile_train
+
+        result = profile_train(config, modes=args.modes, steps=args.steps, trace_dir=args.profile)
+        print(format_profile(result))
+    elif args.threads:
         from msad_tf.evaluation.benchmark import benchmark_threads, format_thread_benchmark
 
         result = benchmark_threads(config, modes=args.modes, steps=args.steps, rounds=args.rounds)
@@ -333,7 +338,7 @@ def cmd_demo(args):
     from msad_tf.demo import run_demo
 
     run_demo(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
-             force=args.force, jobs=args.jobs)
+             force=args.force, jobs=args.jobs, plateau=args.plateau)
 
 
 def cmd_ablation(args):
@@ -508,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: the step as configured and before the speed-ups under TensorFlow's thread "
                         "pools and under msad's (one thread per op on a small CPU, msad_tf/cpu_threads.py), "
                         "each in its own process, ratios against TensorFlow's pools before the speed-ups")
+    b.add_argument("--profile", metavar="TRACE_DIR",
+                   help="instead: trace --steps steps of each mode with TensorFlow's profiler into TRACE_DIR/<mode> "
+                        "and print where the step's CPU time goes (op self-times by op type and by model part)")
     b.add_argument("--json")
     b.set_defaults(func=cmd_benchmark)
     b = bench.add_parser("data", help="training-pipeline images/s per num_parallel_calls, folder and TFRecords")
@@ -531,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/msad_synth128")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.add_argument("--jobs", type=int, default=2, help=_JOBS_HELP)
+    p.add_argument("--plateau", action="store_true",
+                   help="then train every run again at twice its steps (OUT/plateau; students from the demo's own "
+                        "teacher) and write OUT/plateau.{json,md}: each row's AP at 1x and 2x, at its plateau when "
+                        "within 10%%")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("ablation", help="ablation suites (paper Tables 1-3) at demo scale")

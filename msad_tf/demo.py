@@ -30,6 +30,10 @@ STUDENT_RUN = "student"
 # The demo's deployment step stays short (about a minute on 2 cores): float TFLite only, fewer
 # timed calls; `msad benchmark infer` is the thorough version.
 DEMO_EXPORT = {"quantizations": ("none",), "warmup": 3, "repeats": 20, "num_threads": (1, 2)}
+#: ``msad demo --plateau``: where the twice-as-long twins train (under OUT), and how close (relative)
+#: a twin's AP must be to its run's for the run to count as trained to its plateau.
+PLATEAU_DIR = "plateau"
+PLATEAU_TOLERANCE = 0.10
 
 
 def _evaluate_rows(label, model, dataset, config, resolutions):
@@ -145,14 +149,51 @@ def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, j
     return seconds
 
 
+def twice_runs(runs_to_do, out, config) -> tuple:
+    """``runs_to_do`` at twice the epochs, the LR decay epochs doubled (warm-up and KD ramp are
+    fractions of the run). A student keeps the demo's own teacher (OUT/teacher), so that only its
+    own steps change."""
+    decay = "[" + ",".join(f"{2 * e:g}" for e in config.train.lr_decay_epochs) + "]"
+    twice = [f"train.epochs={2 * config.train.epochs}", f"train.lr_decay_epochs={decay}"]
+    return tuple((name, label, [o.replace("{out}", str(out)) for o in run_overrides] + twice, resolutions)
+                 for name, label, run_overrides, resolutions in runs_to_do)
+
+
+def plateau_rows(table: dict, twice_table: dict, tolerance: float = PLATEAU_TOLERANCE) -> list[dict]:
+    """Per table row: AP at the run's steps, AP of its twin at twice the steps, the relative
+    change, and whether it is within ``tolerance`` (the run is at its plateau)."""
+    rows = []
+    for row, metrics in table.items():
+        if row not in twice_table:
+            continue
+        ap, ap_2x = metrics["AP"], twice_table[row]["AP"]
+        change = (ap_2x - ap) / ap if ap > 0 else float("inf")
+        rows.append({"row": row, "AP": ap, "AP_2x": ap_2x, "change": change, "plateau": abs(change) <= tolerance})
+    return rows
+
+
+def format_plateau(rows: list[dict], steps: str, tolerance: float = PLATEAU_TOLERANCE) -> str:
+    lines = [f"Plateau: each model at {steps} steps against its twin at twice the steps "
+             f"(at its plateau when AP changes by at most {tolerance:.0%})",
+             f"{'row':<42} {'AP':>7} {'AP 2x':>7} {'change':>8}  plateau"]
+    for r in rows:
+        lines.append(f"{r['row']:<42} {r['AP']:7.2f} {r['AP_2x']:7.2f} {r['change']:+8.1%}  "
+                     f"{'yes' if r['plateau'] else 'no'}")
+    held = sum(r["plateau"] for r in rows)
+    lines.append(f"{held} of {len(rows)} rows at their plateau")
+    return "\n".join(lines)
+
+
 def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth128",
              overrides=None, force=False, runs_to_do=DEMO_RUNS, results_name="results", title=None,
-             export_student: bool = True, jobs: int = 1):
+             export_student: bool = True, jobs: int = 1, plateau: bool = False):
     """Trains (or reuses) and evaluates ``runs_to_do``; prints and writes the AP table to
     OUT/<results_name>.{json,md}. ``export_student``: when a run named ``student`` is among
     them, end with its export and inference benchmark (``export_and_benchmark``). ``jobs``:
     runs trained at once, each in its own process with its log in OUT/<run>.log
-    (``msad_tf.training.parallel``). Returns {row: metrics}."""
+    (``msad_tf.training.parallel``). ``plateau``: then train each run's twin at twice the steps
+    in OUT/plateau (``twice_runs``) and write their comparison to OUT/plateau.{json,md}
+    (``plateau_rows``). Returns {row: metrics}."""
     from msad_tf.data.synthetic import make_synthetic_dataset
     from msad_tf.reproduce import DATASET
     from msad_tf.training import runs
@@ -218,4 +259,17 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
                     "(`msad benchmark infer`)\n\n```\n" + bench + "\n```\n")
         print(f"(export and benchmark: {time.time() - t:.0f} s)")
     print(f"\nfinished in {time.time() - start:.0f} s; results in {out}/{results_name}.md")
+    if plateau:
+        print(f"\n== the plateau check: every run again at twice its steps in {out / PLATEAU_DIR}", flush=True)
+        twins = twice_runs(runs_to_do, out, load_config(config_path, base))
+        twice_table = run_demo(config_path, out / PLATEAU_DIR, data_root, overrides, force, twins,
+                               results_name="results_2x", title=(title or "COCO metrics") + ", twice the steps",
+                               export_student=False, jobs=jobs)
+        rows = plateau_rows(table, twice_table)
+        text = format_plateau(rows, _values(steps))
+        print()
+        print(text)
+        (out / "plateau.json").write_text(json.dumps({"rows": rows, "tolerance": PLATEAU_TOLERANCE,
+                                                      "steps": sorted(steps)}, indent=2))
+        (out / "plateau.md").write_text("```\n" + text + "\n```\n")
     return table

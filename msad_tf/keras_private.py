@@ -1,4 +1,4 @@
-"""The only place msad_tf touches private Keras / tf.distribute attributes.
+"""The only place msad_tf touches private Keras / TensorFlow attributes and modules.
 
 Each wrapper names why no public API does the job; tests/test_keras_private.py checks that
 every attribute still exists and behaves as used here, so a Keras or TensorFlow upgrade that
@@ -42,3 +42,15 @@ def optimizer_slot(optimizer, slots: str, variable):
     ``BaseOptimizer._get_variable_index``, as Keras's own ``update_step`` implementations do: Keras
     has no public lookup of a variable's slot."""
     return getattr(optimizer, slots)[optimizer._get_variable_index(variable)]
+
+
+def profiler_trace_proto():
+    """TensorFlow's XSpace protobuf module, the format of its profiler's traces
+    (``tensorflow.tsl.profiler.protobuf.xplane_pb2``): TensorFlow has no public reader of its own
+    traces (``msad benchmark train --profile``)."""
+    try:
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    except ImportError as error:  # pragma: no cover - depends on the TensorFlow release
+        raise RuntimeError(f"this TensorFlow has no tensorflow.tsl.profiler.protobuf.xplane_pb2 ({error}): "
+                           "open the trace in TensorBoard's profiler instead") from error
+    return xplane_pb2

@@ -40,3 +40,49 @@ def test_a_demo_run_of_another_config_is_moved_aside_and_retrained(tmp_path):
     old.save(run / runs.CONFIG_FILE)
     (run / runs.WEIGHTS_FILE).write_bytes(b"")
     assert not _reusable(run, new) and (tmp_path / "single.previous2").is_dir()
+
+
+def test_twice_runs_double_the_schedule_and_keep_the_demos_teacher(tmp_path):
+    from msad_tf.config import load_config
+    from msad_tf.demo import DEMO_RUNS, twice_runs
+
+    config = load_config("configs/demo.yaml")
+    twins = dict((name, overrides) for name, _, overrides, _ in twice_runs(DEMO_RUNS, tmp_path / "demo", config))
+    assert set(twins) == {name for name, *_ in DEMO_RUNS}
+    for name, overrides in twins.items():
+        twin = load_config("configs/demo.yaml", overrides)
+        assert twin.train.epochs == 2 * config.train.epochs
+        assert twin.train.lr_decay_epochs == [2 * e for e in config.train.lr_decay_epochs]
+        assert twin.warmup_steps(100) == 2 * config.warmup_steps(100)
+    assert f"train.teacher_run={tmp_path / 'demo'}/teacher" in twins["student"]
+
+
+def test_plateau_rows_compare_each_row_with_its_twin():
+    from msad_tf.demo import format_plateau, plateau_rows
+
+    table = {"a @H": {"AP": 40.0}, "b @L": {"AP": 30.0}, "c @L": {"AP": 20.0}, "only 1x": {"AP": 5.0}}
+    twins = {"a @H": {"AP": 43.0}, "b @L": {"AP": 34.0}, "c @L": {"AP": 19.0}}
+    rows = {r["row"]: r for r in plateau_rows(table, twins)}
+    assert set(rows) == {"a @H", "b @L", "c @L"}
+    assert rows["a @H"]["change"] == pytest.approx(0.075) and rows["a @H"]["plateau"]
+    assert rows["b @L"]["change"] == pytest.approx(4 / 30) and not rows["b @L"]["plateau"]
+    assert rows["c @L"]["change"] == pytest.approx(-0.05) and rows["c @L"]["plateau"]
+    assert "2 of 3 rows at their plateau" in format_plateau(list(rows.values()), "1000")
+
+
+@pytest.mark.slow
+def test_demo_plateau_trains_twins_from_the_demos_teacher(tiny_data, tmp_path):
+    from conftest import write_tiny_yaml
+    from msad_tf.config import load_config
+    from msad_tf.demo import DEMO_RUNS, run_demo
+
+    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
+    out = tmp_path / "demo"
+    runs_to_do = tuple(run for run in DEMO_RUNS if run[0] in ("teacher", "student"))
+    run_demo(path, out, str(tiny_data), runs_to_do=runs_to_do, export_student=False, jobs=2, plateau=True)
+    twin = load_config(out / "plateau" / "student" / "config.yaml")
+    assert twin.train.epochs == 2 and twin.train.teacher_run == str(out / "teacher")
+    saved = json.loads((out / "plateau.json").read_text())
+    assert {r["row"] for r in saved["rows"]} == {"fusion teacher (H&L fused)", "fusion teacher, high-res branch @H",
+                                                 "fusion teacher, low-res branch @L", "MSAD student @L"}
+    assert (out / "plateau.md").is_file()

@@ -61,3 +61,11 @@ def test_optimizer_slot_finds_each_variables_slots():
                                    rtol=1e-5)
     for weight, grad in zip(sgd_weights, grads):
         np.testing.assert_allclose(optimizer_slot(sgd, "momentums", weight).numpy(), -0.5 * grad.numpy(), rtol=1e-6)
+
+
+def test_profiler_trace_proto_reads_an_xspace():
+    from msad_tf.keras_private import profiler_trace_proto
+
+    space = profiler_trace_proto().XSpace()
+    space.planes.add(name="/host:CPU")
+    assert profiler_trace_proto().XSpace.FromString(space.SerializeToString()).planes[0].name == "/host:CPU"

@@ -287,6 +287,24 @@ def test_benchmark_train_ratios_come_from_one_run(tiny_data):
     assert args.speedups == list(SPEEDUPS)
 
 
+def test_profile_train_reports_where_the_step_time_goes(tiny_data, tmp_path):
+    """The traced step's op self-times: convolutions forward and backward appear, the by-type
+    rows add up to at most the busy total, and the trace stays on disk for TensorBoard."""
+    from msad_tf.evaluation.benchmark import format_profile, profile_train
+    from conftest import tiny_train_config
+
+    result = profile_train(tiny_train_config(tiny_data), modes=("single",), steps=2, trace_dir=tmp_path)
+    entry = result["modes"]["single"]
+    assert entry["busy_ms"] > 0 and entry["ops_per_step"] > 100 and entry["step_seconds"] > 0
+    assert any("Conv2D" in kind for kind, _, _ in entry["by_type"])
+    assert sum(ms for _, ms, _ in entry["by_type"]) <= entry["busy_ms"] + 1e-6
+    scopes = {(scope, conv) for scope, conv, _, _ in entry["by_scope"]}
+    assert any(scope.startswith("backward") and conv for scope, conv in scopes)
+    assert any(scope.startswith("forward") and conv for scope, conv in scopes)
+    assert list((tmp_path / "single").rglob("*.xplane.pb"))
+    assert "single:" in format_profile(result)
+
+
 @pytest.mark.slow
 def test_benchmark_processes_times_concurrent_runs(tiny_data):
     """P processes time their steps at the same moment; images/s counts all of them and the

@@ -532,3 +532,112 @@ def format_thread_benchmark(result: dict) -> str:
                 lines.append(f"{mode:<20} {threads:<22} {variant:<8} {row['step_seconds'] * 1000:9.1f} "
                              f"{row['images_per_second']:9.1f} {row['speedup']:9.2f}")
     return "\n".join(lines)
+
+
+def _op_self_times(trace_dir) -> list[tuple[str, str, int]]:
+    """(op name, op type, self time in ps) of every op executed on TensorFlow's compute threads in
+    the trace under ``trace_dir`` (an event's self time excludes the events nested in it)."""
+    from pathlib import Path
+
+    paths = sorted(Path(trace_dir).rglob("*.xplane.pb"))
+    if not paths:
+        raise RuntimeError(f"no profiler trace (*.xplane.pb) under {trace_dir}")
+    from msad_tf.keras_private import profiler_trace_proto
+
+    space = profiler_trace_proto().XSpace()
+    space.ParseFromString(paths[-1].read_bytes())
+    ops = []
+    for plane in space.planes:
+        names = plane.event_metadata
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            events = sorted(line.events, key=lambda e: e.offset_ps)
+            self_ps = [e.duration_ps for e in events]
+            open_events = []
+            for i, event in enumerate(events):
+                while open_events and (events[open_events[-1]].offset_ps + events[open_events[-1]].duration_ps
+                                       <= event.offset_ps):
+                    open_events.pop()
+                if open_events:
+                    self_ps[open_events[-1]] -= event.duration_ps
+                open_events.append(i)
+            for event, own in zip(events, self_ps):
+                name = names[event.metadata_id].name
+                ops.append((name.split(":")[0], name.split(":")[-1], own))
+    return ops
+
+
+def _scope(op_name: str) -> str:
+    """'backward resnet_tiny_w0.5' for 'StatefulPartitionedCall/gradient_tape/resnet_tiny_w0.5_1/conv1/...'."""
+    import re
+
+    parts = [p for p in op_name.split("/") if p != "StatefulPartitionedCall"]
+    backward = bool(parts) and parts[0] == "gradient_tape"
+    parts = parts[1:] if backward else parts
+    scope = re.sub(r"_\d+$", "", parts[0]) if len(parts) > 1 else "(step)"
+    return ("backward " if backward else "forward ") + scope
+
+
+def profile_train(config, modes=("single",), steps: int = 5, trace_dir="runs/profile", build_model=None,
+                  top: int = 12) -> dict:
+    """Where the train step's CPU time goes: ``steps`` steps of each mode traced by TensorFlow's
+    profiler (after 3 untimed), op self-times summed over its compute threads. Returns dict(
+    batch_size, modes={mode: {step_seconds (median, unprofiled), busy_ms (per step, all threads),
+    ops_per_step, by_type: [[op type, ms per step, count per step]], by_scope: [[scope, conv?,
+    ms, count]]}}) with the ``top`` rows of each table; the trace stays in TRACE_DIR/<mode>
+    (TensorBoard's profiler opens it)."""
+    import collections
+    import shutil
+    from pathlib import Path
+
+    from msad_tf.training.runs import build_model as default_build
+    from msad_tf.training.train import load_split, make_train_dataset
+
+    build_model = build_model or default_build
+    train_data = load_split(config, config.data.train_split)
+    batch = next(iter(make_train_dataset(config, train_data, config.train.batch_size)))
+    result = {"batch_size": config.train.batch_size, "steps": steps, "modes": {}}
+    for mode in modes:
+        step = _step_function(_build_for_step(_variant_config(config, []), mode, train_data.num_classes, build_model),
+                              batch)
+        seconds = float(np.median(time_calls(step, 3, max(steps, 5))))
+        target = Path(trace_dir, mode)
+        shutil.rmtree(target, ignore_errors=True)
+        tf.profiler.experimental.start(str(target))
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            tf.profiler.experimental.stop()
+        by_type, by_scope = collections.Counter(), collections.Counter()
+        type_count, scope_count = collections.Counter(), collections.Counter()
+        ops = _op_self_times(target)
+        for name, kind, own in ops:
+            scope = (_scope(name), "Conv" in kind)
+            by_type[kind] += own
+            type_count[kind] += 1
+            by_scope[scope] += own
+            scope_count[scope] += 1
+        per_step = 1e9 * steps
+        result["modes"][mode] = {
+            "step_seconds": seconds, "busy_ms": sum(by_type.values()) / per_step, "ops_per_step": len(ops) / steps,
+            "by_type": [[k, v / per_step, type_count[k] / steps] for k, v in by_type.most_common(top)],
+            "by_scope": [[k[0], k[1], v / per_step, scope_count[k] / steps] for k, v in by_scope.most_common(top)],
+            "trace": str(target),
+        }
+    return result
+
+
+def format_profile(result: dict) -> str:
+    lines = [f"op self-times per train step (batch {result['batch_size']}, {result['steps']} steps traced), "
+             "summed over TensorFlow's compute threads"]
+    for mode, entry in result["modes"].items():
+        lines += ["", f"{mode}: {entry['step_seconds'] * 1000:.1f} ms/step unprofiled; traced: {entry['busy_ms']:.1f} "
+                  f"busy ms/step over {entry['ops_per_step']:.0f} op events/step (trace: {entry['trace']})",
+                  f"  {'op type':<44} {'ms/step':>8} {'per step':>9}"]
+        lines += [f"  {kind[:44]:<44} {ms:8.2f} {count:9.0f}" for kind, ms, count in entry["by_type"]]
+        lines.append(f"  {'scope (conv: convolutions only)':<44} {'ms/step':>8} {'per step':>9}")
+        lines += [f"  {(scope + (' [conv]' if conv else ''))[:44]:<44} {ms:8.2f} {count:9.0f}"
+                  for scope, conv, ms, count in entry["by_scope"]]
+    return "\n".join(lines)
