@@ -135,8 +135,9 @@ def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, j
             continue
         teacher = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("train.teacher_run=")), None)
         ready = (lambda path: lambda: path is None or (path / runs.WEIGHTS_FILE).is_file())(teacher)
+        trained_here = teacher is not None and teacher.parent == out
         tasks.append(Task(name, _train_run, (str(config_path), overrides, run_dir), log=out / f"{name}.log",
-                          needs=teacher.name if teacher else None, ready=ready))
+                          needs=teacher.name if trained_here else None, ready=ready))
         if force and run_dir.exists():
             (run_dir / runs.WEIGHTS_FILE).unlink(missing_ok=True)
     needed = {task.needs for task in tasks}
