@@ -32,6 +32,10 @@ def _train(make_optimizer, steps=4, jit_compile=False, strategy=None):
 
     for i in range(steps):
         step(tf.constant(float(i)))
+    copies = [getattr(v.value, "values", (v.value,)) for v in (kernel, bias)]
+    for copy in copies:
+        for replica in copy[1:]:
+            np.testing.assert_array_equal(replica.numpy(), copy[0].numpy())
     return kernel.numpy(), bias.numpy()
 
 
@@ -82,8 +86,8 @@ def test_fused_sgd_equals_keras_sgd(nesterov):
 
 def test_fused_optimizers_on_two_replicas_equal_one():
     """Under MirroredStrategy over 2 logical CPUs the kernels update each replica's copy of the
-    weights and slots: the result equals the default strategy's (each replica contributes half of
-    the gradient, which the all-reduce sums)."""
+    weights and slots: every copy is equal (``_train`` checks) and equals the default strategy's
+    result (each replica contributes half of the gradient, which the all-reduce sums)."""
     from msad_tf.training.strategy import mirrored_strategy
 
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
