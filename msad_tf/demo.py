@@ -154,8 +154,10 @@ def twice_runs(runs_to_do, out, config) -> tuple:
     """``runs_to_do`` at twice the epochs, the LR decay epochs doubled (warm-up and KD ramp are
     fractions of the run). A student keeps the demo's own teacher (OUT/teacher), so that only its
     own steps change."""
-    decay = "[" + ",".join(f"{2 * e:g}" for e in config.train.lr_decay_epochs) + "]"
-    twice = [f"train.epochs={2 * config.train.epochs}", f"train.lr_decay_epochs={decay}"]
+    from msad_tf.reproduce import twice_decay
+
+    twice = [f"train.epochs={2 * config.train.epochs}",
+             f"train.lr_decay_epochs={twice_decay(config.train.lr_decay_epochs)}"]
     return tuple((name, label, [o.replace("{out}", str(out)) for o in run_overrides] + twice, resolutions)
                  for name, label, run_overrides, resolutions in runs_to_do)
 

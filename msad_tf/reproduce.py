@@ -248,8 +248,13 @@ def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True,
     return order
 
 
+def twice_decay(decay) -> str:
+    """The LR decay epochs of a run twice as long, as a ``train.lr_decay_epochs`` override value."""
+    return "[" + ",".join(f"{2 * e:g}" for e in decay) + "]"
+
+
 def _format(overrides, out, seed, epochs, decay, steps_per_epoch=None):
-    decay2 = "[" + ",".join(f"{2 * e:g}" for e in decay) + "]"
+    decay2 = twice_decay(decay)
     spe4 = max(1, (steps_per_epoch or 4) // 4)
     return [o.format(out=out, seed=seed, epochs2=2 * epochs, decay2=decay2, spe4=spe4) for o in overrides]
 
