@@ -261,25 +261,41 @@ def test_image_cache_gives_the_same_stream(tiny_data):
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
 
 
-def test_benchmark_train_ratios_come_from_one_run(tiny_data):
-    """Every mode gets default, before and one variant per requested speed-up, with before /
-    variant ratios computed from the same run (timings are not asserted: the machine is noisy)."""
+def test_benchmark_train_ratios_come_from_one_run(tiny_data, monkeypatch):
+    """Every mode gets default, before and one variant per requested speed-up or override, with
+    images/s ratios over before computed from the same run (timings are not asserted: the machine
+    is noisy); an override of the batch size is timed on a batch of that size."""
     from msad_tf.evaluation.benchmark import SPEEDUPS, benchmark_train, format_train_benchmark
     from conftest import tiny_train_config
 
+    from msad_tf.evaluation import benchmark
+
     config = tiny_train_config(tiny_data, precision="mixed_bfloat16")
-    result = benchmark_train(config, modes=("single",), steps=1, rounds=1, pipeline_batches=2,
-                             speedups=(), progress=False)
+    timed_batches = []
+    step_function = benchmark._step_function
+    monkeypatch.setattr(benchmark, "_step_function", lambda model, batch: (
+        timed_batches.append(int(batch["images"].shape[0])), step_function(model, batch))[1])
+    doubled = 2 * config.train.batch_size
+    result = benchmark_train(config, modes=("single",), steps=2, rounds=1, pipeline_batches=2,
+                             speedups=(), progress=False, compare=(f"train.batch_size={doubled}",))
     assert set(result["pipeline"]) == {"cache", "no_cache"}
+    assert timed_batches == [config.train.batch_size, config.train.batch_size, doubled]
     for mode in ("single",):
         entry = result["modes"][mode]
-        assert set(entry) == {"default", "before"}
+        assert set(entry) == {"default", "before", f"with train.batch_size={doubled}"}
         assert entry["before"]["speedup"] == 1.0
         for variant in entry.values():
-            assert variant["speedup"] == pytest.approx(entry["before"]["step_seconds"] / variant["step_seconds"])
+            assert variant["images_per_second"] == pytest.approx(variant["batch_size"] / variant["step_seconds"])
+            assert variant["speedup"] == pytest.approx(
+                variant["images_per_second"] / entry["before"]["images_per_second"])
+        assert entry["default"]["speedup"] == pytest.approx(entry["before"]["step_seconds"] / entry["default"]["step_seconds"])
+        bigger = entry[f"with train.batch_size={doubled}"]
+        assert bigger["batch_size"] == doubled
+        assert bigger["images_relative_to_default"] == pytest.approx(
+            bigger["images_per_second"] / entry["default"]["images_per_second"])
     assert result["modes"]["single"]["default"]["ratio_to_single"] == 1.0
     text = format_train_benchmark(result)
-    assert "before" in text and "single" in text
+    assert "before" in text and "single" in text and f"(batch {doubled}: " in text
     assert set(SPEEDUPS) == {"fused_bn", "batch_heads", "fused_optimizer", "precision", "jit_compile"}
     from msad_tf.cli import build_parser
 

@@ -99,13 +99,15 @@ def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches
     For every mode, the step is timed as configured (``default``), as it was before the
     speed-ups (``before``: ``BEFORE``), and with each of ``speedups`` switched
     (``SPEEDUPS``: off when it is on by default, on when off). All variants of a mode are timed
-    in ``rounds`` interleaved rounds of ``steps`` steps on the same batch, so a busy machine slows
-    them alike; the median step is kept. The pipeline is timed with and without the decoded
-    image cache.
+    in ``rounds`` interleaved rounds of ``steps`` steps on the same batch (a variant that sets
+    ``train.batch_size`` on a batch of its size), so a busy machine slows them alike; the median
+    wall and process CPU time per step are kept (a mean would carry the slow first step after
+    each switch of variant). The pipeline is timed with and without the decoded image cache.
 
     Returns dict(batch_size, resolution, image_shape, pipeline={cache: images/s, ...},
-    pipeline_images_per_second, modes={mode: {variant: {step_seconds, images_per_second,
-    speedup (before / variant)}}}, and ratio_to_single / pipeline_over_single_step for the
+    pipeline_images_per_second, modes={mode: {variant: {batch_size, step_seconds,
+    images_per_second, cpu_seconds, speedup and cpu_speedup (per image, over before)}}}, and
+    ratio_to_single / pipeline_over_single_step for the
     defaults. ``losses``: distillation losses timed as extra variants of the ``student`` mode
     (``loss <name>``, with ``relative_to_default``: its step time over the default loss's).
     ``compare``: ``section.key=value`` overrides, each timed as an extra variant of every mode
@@ -138,8 +140,15 @@ def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progre
         warmup = len(train_data.records) // batch_size + 1 if cache else 3
         pipeline["cache" if cache else "no_cache"] = pipeline_images_per_second(
             dataset, batch_size, pipeline_batches, warmup=warmup)
-    dataset = make_train_dataset(config, train_data, batch_size)
-    batch = next(iter(dataset))
+    batches = {}
+
+    def batch_of(variant):
+        size = variant.train.batch_size
+        if size not in batches:
+            batches[size] = next(iter(make_train_dataset(variant, train_data, size)))
+        return batches[size]
+
+    batch = batch_of(config)
     result = {
         "batch_size": batch_size,
         "resolution": list(config.high_resolution()),
@@ -157,27 +166,33 @@ def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progre
         if mode == "student":
             mode_variants.update({f"loss {loss}": [f"train.distill_loss={loss}"] for loss in losses})
         mode_variants.update({f"with {override}": [override] for override in compare})
+        sizes = {}
         for name, overrides in mode_variants.items():
-            model = _build_for_step(_variant_config(config, overrides), mode, train_data.num_classes, build_model)
-            steps_fns[name] = _step_function(model, batch)
+            variant = _variant_config(config, overrides)
+            model = _build_for_step(variant, mode, train_data.num_classes, build_model)
+            steps_fns[name] = _step_function(model, batch_of(variant))
+            sizes[name] = variant.train.batch_size
             time_calls(steps_fns[name], 2, 0)
         times = {name: [] for name in mode_variants}
         cpu = {name: [] for name in mode_variants}
         for _ in range(rounds):
             for name, fn in steps_fns.items():
-                start = time.process_time()
-                times[name] += time_calls(fn, 0, steps)
-                cpu[name].append((time.process_time() - start) / steps)
+                for _ in range(steps):
+                    start = time.process_time()
+                    times[name] += time_calls(fn, 0, 1)
+                    cpu[name].append(time.process_time() - start)
         entry = {}
         for name in mode_variants:
             seconds = float(np.median(times[name]))
-            entry[name] = {"step_seconds": seconds, "images_per_second": batch_size / seconds,
-                           "cpu_seconds": float(np.median(cpu[name]))}
+            entry[name] = {"batch_size": sizes[name], "step_seconds": seconds,
+                           "images_per_second": sizes[name] / seconds, "cpu_seconds": float(np.median(cpu[name]))}
         for name in mode_variants:
-            entry[name]["speedup"] = entry["before"]["step_seconds"] / entry[name]["step_seconds"]
-            entry[name]["cpu_speedup"] = entry["before"]["cpu_seconds"] / entry[name]["cpu_seconds"]
+            before, this = entry["before"], entry[name]
+            this["speedup"] = this["images_per_second"] / before["images_per_second"]
+            this["cpu_speedup"] = (before["cpu_seconds"] / before["batch_size"]) / (this["cpu_seconds"] / this["batch_size"])
             if name.startswith(("loss ", "with ")):
-                entry[name]["relative_to_default"] = entry[name]["step_seconds"] / entry["default"]["step_seconds"]
+                this["relative_to_default"] = this["step_seconds"] / entry["default"]["step_seconds"]
+                this["images_relative_to_default"] = this["images_per_second"] / entry["default"]["images_per_second"]
         result["modes"][mode] = entry
         if progress:
             print(f"  {mode:<20} {entry['default']['step_seconds'] * 1000:8.1f} ms/step, "
@@ -219,8 +234,9 @@ def format_train_benchmark(result: dict) -> str:
             f"{name.replace('_', ' ')} {value:.1f} images/s" for name, value in result["pipeline"].items()),
         "",
         "ms/step of each mode as configured (default), before the speed-ups (before: unfused BN,",
-        "one head pass per branch), and with one speed-up switched; x before = before / variant;",
-        "CPU ms/step is the process's CPU time per step (less sensitive to other processes)",
+        "one head pass per branch), and with one speed-up switched; x before = images/s over before's;",
+        "CPU ms/step is the process's CPU time per step (less sensitive to other processes; its x before",
+        "is per image)",
         f"{'mode':<20} {'variant':<22} {'ms/step':>9} {'images/s':>9} {'x before':>9} {'CPU ms':>8} {'x before':>9}",
     ]
     labels = {"default": "default", "before": "before", "fused_bn": "without fused_bn",
@@ -235,7 +251,10 @@ def format_train_benchmark(result: dict) -> str:
         for name, entry in entries.items():
             if "relative_to_default" in entry:
                 against = "the default loss" if name.startswith("loss ") else "the config as given"
-                lines.append(f"{mode} {name}: {entry['relative_to_default']:.2f}x the step time of {against}")
+                images = entry["images_relative_to_default"]
+                lines.append(f"{mode} {name}: {entry['relative_to_default']:.2f}x the step time of {against}"
+                             + (f" (batch {entry['batch_size']}: {images:.2f}x its images/s)"
+                                if entry["batch_size"] != entries["default"]["batch_size"] else ""))
     if "pipeline_over_single_step" in result:
         ratios = ", ".join(f"{mode} {entries['default']['ratio_to_single']:.2f}"
                            for mode, entries in result["modes"].items())
