@@ -301,7 +301,8 @@ def cmd_benchmark(args):
     elif args.threads:
         from msad_tf.evaluation.benchmark import benchmark_threads, format_thread_benchmark
 
-        result = benchmark_threads(config, modes=args.modes, steps=args.steps, rounds=args.rounds)
+        result = benchmark_threads(config, modes=args.modes, steps=args.steps, rounds=args.rounds,
+                                   compare=args.compare)
         print(format_thread_benchmark(result))
     elif args.processes:
         from msad_tf.evaluation.benchmark import (
@@ -501,8 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--speedups", nargs="*", default=list(speedups), choices=list(speedups),
                    help="speed-ups to switch one at a time (besides 'default' and 'before')")
     b.add_argument("--compare", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
-                   help="config overrides timed as extra variants of every mode, with their step time "
-                        "over the default's, e.g. --compare model.arch=retinanet")
+                   help="config overrides timed as extra variants of every mode (also with --threads), "
+                        "with their step time and images/s over the default's, e.g. --compare "
+                        "model.arch=retinanet or train.batch_size=16 (timed on a batch of that size)")
     b.add_argument("--losses", nargs="+", default=[], metavar="LOSS",
                    help="distillation losses timed as extra variants of the student mode, with their "
                         "step time over the default loss's, e.g. --losses skd fgfi")

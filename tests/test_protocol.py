@@ -346,15 +346,18 @@ def test_benchmark_threads_runs_each_setting_in_its_own_process(tiny_data):
     from conftest import tiny_train_config
 
     config = tiny_train_config(tiny_data)
-    result = benchmark_threads(config, modes=("single",), steps=1, rounds=1, progress=False)
+    doubled = 2 * config.train.batch_size
+    result = benchmark_threads(config, modes=("single",), steps=1, rounds=1, progress=False,
+                               compare=(f"train.batch_size={doubled}",))
     tf_pools, msad_pools = (result["settings"][name] for name in THREAD_SETTINGS)
     assert tf_pools["threads"] == [0, 0]
     assert tuple(msad_pools["threads"]) == thread_settings(1, env={})
     assert tf_pools["modes"]["single"]["before"]["speedup"] == 1.0
-    base = tf_pools["modes"]["single"]["before"]["step_seconds"]
+    base = config.train.batch_size / tf_pools["modes"]["single"]["before"]["step_seconds"]
     for entry in (tf_pools, msad_pools):
+        assert entry["modes"]["single"][f"with train.batch_size={doubled}"]["batch_size"] == doubled
         for row in entry["modes"]["single"].values():
-            assert row["speedup"] == pytest.approx(base / row["step_seconds"])
+            assert row["speedup"] == pytest.approx(row["batch_size"] / row["step_seconds"] / base)
     assert "msad (auto) (" in format_thread_benchmark(result)
 
 

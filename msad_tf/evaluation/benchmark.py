@@ -476,9 +476,9 @@ THREAD_SETTINGS = {
 }
 
 
-def _train_benchmark_in_process(config_dict, modes, steps, path) -> None:
-    """One process of ``benchmark_threads``: ``benchmark_train`` of ``modes`` (default and
-    before, one round) with this process's thread pools, written to ``path`` with them."""
+def _train_benchmark_in_process(config_dict, modes, steps, path, compare=()) -> None:
+    """One process of ``benchmark_threads``: ``benchmark_train`` of ``modes`` (default, before
+    and ``compare``, one round) with this process's thread pools, written to ``path`` with them."""
     import json
     from pathlib import Path
 
@@ -486,20 +486,22 @@ def _train_benchmark_in_process(config_dict, modes, steps, path) -> None:
     from msad_tf.cpu_threads import current_threads
 
     result = benchmark_train(config_from_dict(config_dict), modes=modes, steps=steps, speedups=(), rounds=1,
-                             progress=False)
+                             progress=False, compare=tuple(compare))
     result["threads"] = list(current_threads())
     Path(path).write_text(json.dumps(result))
 
 
 def benchmark_threads(config, modes=("single",), steps: int = 10, rounds: int = 3, settings=None,
-                      progress=True) -> dict:
+                      progress=True, compare=()) -> dict:
     """Train-step time of each mode, as configured (``default``) and before the speed-ups
     (``before``), under each thread-pool setting of ``settings`` (``THREAD_SETTINGS``). The
     pools are fixed when TensorFlow starts, so every (round, setting) is its own process, the
     settings interleaved over ``rounds`` so that a busy machine slows them alike; the median
-    round is kept. ``speedup`` is the first setting's ``before`` over each row: the total gain
-    of the speed-ups and of the thread pools. Returns dict(batch_size, settings={name: {threads:
-    [intra, inter] (0: TensorFlow's default), modes={mode: {variant: {step_seconds,
+    round is kept. ``compare``: ``section.key=value`` overrides timed as extra variants
+    (``with <override>``) of the configured step, e.g. ``train.batch_size=16``. ``speedup`` is
+    each row's images/s over the first setting's ``before``: the total gain of the speed-ups, of
+    the thread pools (and of the override). Returns dict(batch_size, settings={name: {threads:
+    [intra, inter] (0: TensorFlow's default), modes={mode: {variant: {batch_size, step_seconds,
     images_per_second, speedup}}}}})."""
     import tempfile
     from pathlib import Path
@@ -513,7 +515,7 @@ def benchmark_threads(config, modes=("single",), steps: int = 10, rounds: int = 
             for index, (name, env) in enumerate(settings.items()):
                 path = Path(tmp, f"r{round_index}_{index}.json")
                 task = Task(f"threads_{index}", _train_benchmark_in_process,
-                            (config.to_dict(), tuple(modes), steps, str(path)), env=dict(env))
+                            (config.to_dict(), tuple(modes), steps, str(path), tuple(compare)), env=dict(env))
                 runs[name] += _results_of_processes([task], [path], 1, f"thread setting {name!r}")
                 if progress:
                     steps_ms = ", ".join(f"{mode} {entry['default']['step_seconds'] * 1000:.1f}"
@@ -524,31 +526,33 @@ def benchmark_threads(config, modes=("single",), steps: int = 10, rounds: int = 
         entry = {"threads": done[0]["threads"], "modes": {}}
         for mode in modes:
             entry["modes"][mode] = {}
-            for variant in ("before", "default"):
+            for variant in ("before", "default") + tuple(f"with {o}" for o in compare):
+                size = done[0]["modes"][mode][variant]["batch_size"]
                 seconds = float(np.median([r["modes"][mode][variant]["step_seconds"] for r in done]))
-                entry["modes"][mode][variant] = {"step_seconds": seconds,
-                                                 "images_per_second": config.train.batch_size / seconds}
+                entry["modes"][mode][variant] = {"batch_size": size, "step_seconds": seconds,
+                                                 "images_per_second": size / seconds}
         result["settings"][name] = entry
     first = next(iter(result["settings"].values()))
     for entry in result["settings"].values():
         for mode, variants in entry["modes"].items():
             for row in variants.values():
-                row["speedup"] = first["modes"][mode]["before"]["step_seconds"] / row["step_seconds"]
+                row["speedup"] = row["images_per_second"] / first["modes"][mode]["before"]["images_per_second"]
     return result
 
 
 def format_thread_benchmark(result: dict) -> str:
     names = list(result["settings"])
+    width = max(len(v) for entry in result["settings"].values() for m in entry["modes"].values() for v in m)
     lines = [f"train step, batch {result['batch_size']}, per thread-pool setting (intra-op, inter-op threads; "
              f"0 = one per core), each in its own process, {result['rounds']} interleaved rounds of "
              f"{result['steps']} steps (median)",
-             f"x before = step time before the speed-ups with {names[0]} threads / this row's",
-             f"{'mode':<20} {'threads':<22} {'variant':<8} {'ms/step':>9} {'images/s':>9} {'x before':>9}"]
+             f"x before = this row's images/s over the step's before the speed-ups with {names[0]} threads",
+             f"{'mode':<20} {'threads':<22} {'variant':<{width}} {'ms/step':>9} {'images/s':>9} {'x before':>9}"]
     for mode in next(iter(result["settings"].values()))["modes"]:
         for name, entry in result["settings"].items():
             threads = f"{name} ({entry['threads'][0]}, {entry['threads'][1]})"
             for variant, row in entry["modes"][mode].items():
-                lines.append(f"{mode:<20} {threads:<22} {variant:<8} {row['step_seconds'] * 1000:9.1f} "
+                lines.append(f"{mode:<20} {threads:<22} {variant:<{width}} {row['step_seconds'] * 1000:9.1f} "
                              f"{row['images_per_second']:9.1f} {row['speedup']:9.2f}")
     return "\n".join(lines)
 
