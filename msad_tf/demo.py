@@ -164,14 +164,16 @@ def twice_runs(runs_to_do, out, config) -> tuple:
 
 def plateau_rows(table: dict, twice_table: dict, tolerance: float = PLATEAU_TOLERANCE) -> list[dict]:
     """Per table row: AP at the run's steps, AP of its twin at twice the steps, the relative
-    change, and whether it is within ``tolerance`` (the run is at its plateau)."""
+    change, and whether it is within ``tolerance`` (the run is at its plateau). A run at AP 0 has
+    no relative change (None) and is not at a plateau."""
     rows = []
     for row, metrics in table.items():
         if row not in twice_table:
             continue
         ap, ap_2x = metrics["AP"], twice_table[row]["AP"]
-        change = (ap_2x - ap) / ap if ap > 0 else float("inf")
-        rows.append({"row": row, "AP": ap, "AP_2x": ap_2x, "change": change, "plateau": abs(change) <= tolerance})
+        change = (ap_2x - ap) / ap if ap > 0 else None
+        rows.append({"row": row, "AP": ap, "AP_2x": ap_2x, "change": change,
+                     "plateau": change is not None and abs(change) <= tolerance})
     return rows
 
 
@@ -180,7 +182,8 @@ def format_plateau(rows: list[dict], steps: str, tolerance: float = PLATEAU_TOLE
              f"(at its plateau when AP changes by at most {tolerance:.0%})",
              f"{'row':<42} {'AP':>7} {'AP 2x':>7} {'change':>8}  plateau"]
     for r in rows:
-        lines.append(f"{r['row']:<42} {r['AP']:7.2f} {r['AP_2x']:7.2f} {r['change']:+8.1%}  "
+        change = "n/a" if r["change"] is None else f"{r['change']:+.1%}"
+        lines.append(f"{r['row']:<42} {r['AP']:7.2f} {r['AP_2x']:7.2f} {change:>8}  "
                      f"{'yes' if r['plateau'] else 'no'}")
     held = sum(r["plateau"] for r in rows)
     lines.append(f"{held} of {len(rows)} rows at their plateau")

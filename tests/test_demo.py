@@ -60,14 +60,18 @@ def test_twice_runs_double_the_schedule_and_keep_the_demos_teacher(tmp_path):
 def test_plateau_rows_compare_each_row_with_its_twin():
     from msad_tf.demo import format_plateau, plateau_rows
 
-    table = {"a @H": {"AP": 40.0}, "b @L": {"AP": 30.0}, "c @L": {"AP": 20.0}, "only 1x": {"AP": 5.0}}
-    twins = {"a @H": {"AP": 43.0}, "b @L": {"AP": 34.0}, "c @L": {"AP": 19.0}}
+    table = {"a @H": {"AP": 40.0}, "b @L": {"AP": 30.0}, "c @L": {"AP": 20.0}, "only 1x": {"AP": 5.0},
+             "dead @L": {"AP": 0.0}}
+    twins = {"a @H": {"AP": 43.0}, "b @L": {"AP": 34.0}, "c @L": {"AP": 19.0}, "dead @L": {"AP": 0.0}}
     rows = {r["row"]: r for r in plateau_rows(table, twins)}
-    assert set(rows) == {"a @H", "b @L", "c @L"}
+    assert set(rows) == {"a @H", "b @L", "c @L", "dead @L"}
+    assert rows["dead @L"]["change"] is None and not rows["dead @L"]["plateau"]
+    json.dumps(list(rows.values()), allow_nan=False)
     assert rows["a @H"]["change"] == pytest.approx(0.075) and rows["a @H"]["plateau"]
     assert rows["b @L"]["change"] == pytest.approx(4 / 30) and not rows["b @L"]["plateau"]
     assert rows["c @L"]["change"] == pytest.approx(-0.05) and rows["c @L"]["plateau"]
-    assert "2 of 3 rows at their plateau" in format_plateau(list(rows.values()), "1000")
+    text = format_plateau(list(rows.values()), "1000")
+    assert "2 of 4 rows at their plateau" in text and "n/a" in text
 
 
 @pytest.mark.slow
