@@ -123,16 +123,20 @@ def _reusable(run_dir: Path, config) -> bool:
 def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, jobs: int) -> dict:
     """Trains the runs of ``runs_to_do`` that need it, ``jobs`` at a time (``training.parallel``),
     teachers first (the students wait for them: the longest chain), each student once its
-    teacher's weights exist. Returns {name: seconds}."""
+    teacher's weights exist, students that distil before the no-KD controls (gamma 0: the teacher
+    is not run, the shortest runs, last to keep the tail short). Returns {name: seconds}."""
     from msad_tf.training import runs
     from msad_tf.training.parallel import Task, run_in_processes
 
-    tasks = []
+    tasks, without_kd = [], set()
     for name, label, run_overrides, _ in runs_to_do:
         run_dir = out / name
         overrides = base + [o.format(out=out) for o in run_overrides]
-        if not force and _reusable(run_dir, load_config(config_path, overrides)):
+        config = load_config(config_path, overrides)
+        if not force and _reusable(run_dir, config):
             continue
+        if config.train.mode == "student" and config.train.gamma == 0:
+            without_kd.add(name)
         teacher = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("train.teacher_run=")), None)
         ready = (lambda path: lambda: path is None or (path / runs.WEIGHTS_FILE).is_file())(teacher)
         trained_here = teacher is not None and teacher.parent == out
@@ -141,7 +145,7 @@ def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, j
         if force and run_dir.exists():
             (run_dir / runs.WEIGHTS_FILE).unlink(missing_ok=True)
     needed = {task.needs for task in tasks}
-    tasks.sort(key=lambda task: task.key not in needed)
+    tasks.sort(key=lambda task: (task.key not in needed, task.key in without_kd))
     seconds = {}
     codes = run_in_processes(tasks, jobs, on_done=lambda key, code, took: seconds.__setitem__(key, took))
     failed = [key for key, code in codes.items() if code != 0]

@@ -90,3 +90,18 @@ def test_demo_plateau_trains_twins_from_the_demos_teacher(tiny_data, tmp_path):
     assert {r["row"] for r in saved["rows"]} == {"fusion teacher (H&L fused)", "fusion teacher, high-res branch @H",
                                                  "fusion teacher, low-res branch @L", "MSAD student @L"}
     assert (out / "plateau.md").is_file()
+
+
+def test_demo_trains_teachers_first_and_the_no_kd_control_last(tmp_path, monkeypatch):
+    """The students wait for the teacher; the no-KD control (it never runs the teacher, the
+    shortest run) goes after the distilling student, so the two lanes end close together."""
+    from msad_tf.demo import DEMO_RUNS, _train_in_processes
+    from msad_tf.training import parallel
+
+    started = []
+    monkeypatch.setattr(parallel, "run_in_processes",
+                        lambda tasks, jobs, on_done=None: started.extend(t.key for t in tasks) or {})
+    _train_in_processes("configs/demo.yaml", [], DEMO_RUNS, tmp_path, force=False, jobs=2)
+    assert started[0] == "teacher"
+    assert started[-2:] == ["student", "student_no_kd"]
+    assert set(started) == {name for name, *_ in DEMO_RUNS}

@@ -78,6 +78,29 @@ def test_loss_is_gamma_weighted_and_kd_ramps():
     np.testing.assert_allclose(float(losses["loss"]), expected, rtol=1e-5)
 
 
+def test_no_kd_control_never_runs_the_teacher_and_updates_the_student_alike():
+    """gamma 0: the teacher is not run (loss_kd logs 0), and the student's weights after two
+    steps equal those of the same Distiller made to run its teacher (a term weighted 0)."""
+    trained = []
+    for runs_teacher in (False, True):
+        teacher, student = _pair()
+        initialize_student(student, teacher)
+        distiller = Distiller(teacher, student, build_distillation_loss("msad_l1", channels=16, num_levels=5),
+                              gamma=0.0, teacher_target="high")
+        assert distiller.runs_teacher is False
+        if runs_teacher:
+            distiller.runs_teacher = True
+        else:
+            distiller.teacher_features = lambda images: pytest.fail("the no-KD control ran its teacher")
+        distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        history = distiller.fit(tf.data.Dataset.from_tensors(toy_batch(2, 128)).repeat(2), epochs=1, verbose=0,
+                                shuffle=False)
+        assert (history.history["loss_kd"][-1] == 0.0) is not runs_teacher
+        trained.append([w.numpy() for w in student.trainable_weights])
+    for a, b in zip(*trained):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fit_trains_only_the_student():
     teacher, student = _pair()
     initialize_student(student, teacher)

@@ -134,6 +134,7 @@ class Distiller(keras.Model):
         self.aligned = bool(aligned) or student_input == "high"
         self.student_shift = student.pyramid.shift if aligned and student_input == "low" else 0
         self.needs_outputs = bool(getattr(distill_loss, "needs_outputs", False))
+        self.runs_teacher = self.gamma != 0.0
         t_channels = teacher.model_config.fpn_channels
         self.channel_adapters = None
         if student.model_config.fpn_channels != t_channels:
@@ -169,15 +170,10 @@ class Distiller(keras.Model):
 
     def compute_losses(self, data, training=True):
         """dict of per-replica scalars: loss, loss_kd (unweighted), loss_det, det_<part>, and the
-        distillation loss's own per-level terms (its ``log_names``, e.g. SKD's) when it has them."""
+        distillation loss's own per-level terms (its ``log_names``, e.g. SKD's) when it has them.
+        With gamma 0 (the no-KD control) the teacher is not run and loss_kd and those terms are
+        0: its term would weigh 0 in the loss, so the student's update is the same."""
         images, boxes, classes = data["images"], data["boxes"], data["classes"]
-        teacher_feats = [tf.stop_gradient(f) for f in self.teacher_features(images)]
-        teacher_outputs = None
-        if self.needs_outputs:
-            teacher_outputs = [
-                {k: tf.stop_gradient(v) for k, v in level.items()}
-                for level in self.teacher.head_outputs(teacher_feats)
-            ]
         student = self.student
         seen = images if self.student_input == "high" else student.pyramid.subsample(images)
         student_feats = student.pyramid_features(seen, self.student_shift, training)
@@ -185,6 +181,26 @@ class Distiller(keras.Model):
         scale = 1.0 if self.aligned else float(student.pyramid.k)
         targets = student.targets(boxes, classes, student_outputs, scale=scale)
         det = student.branch_loss(student_outputs, targets)
+        if self.runs_teacher:
+            kd, kd_logs = self._distillation_term(images, boxes, classes, student_feats, student_outputs)
+        else:
+            kd = tf.zeros_like(det["total"])
+            kd_logs = {name: kd for name in self.kd_log_names}
+        losses = {"loss_kd": kd, "loss_det": det["total"], **kd_logs}
+        for part in student.loss_parts:
+            losses[f"det_{part}"] = det[part]
+        losses["loss"] = self.gamma * self.kd_ramp() * kd + self.det_weight * det["total"]
+        return losses
+
+    def _distillation_term(self, images, boxes, classes, student_feats, student_outputs):
+        """(L_KD, its per-level logs) of the student's maps against the teacher's on ``images``."""
+        teacher_feats = [tf.stop_gradient(f) for f in self.teacher_features(images)]
+        teacher_outputs = None
+        if self.needs_outputs:
+            teacher_outputs = [
+                {k: tf.stop_gradient(v) for k, v in level.items()}
+                for level in self.teacher.head_outputs(teacher_feats)
+            ]
         if self.channel_adapters is not None:
             student_feats = [adapt(f) for adapt, f in zip(self.channel_adapters, student_feats)]
         extra = {"return_logs": True} if self.kd_log_names else {}
@@ -198,12 +214,7 @@ class Distiller(keras.Model):
             strides=list(self.teacher.pyramid.strides(0)),
             **extra,
         )
-        kd, kd_logs = kd if self.kd_log_names else (kd, {})
-        losses = {"loss_kd": kd, "loss_det": det["total"], **kd_logs}
-        for part in student.loss_parts:
-            losses[f"det_{part}"] = det[part]
-        losses["loss"] = self.gamma * self.kd_ramp() * kd + self.det_weight * det["total"]
-        return losses
+        return kd if self.kd_log_names else (kd, {})
 
     def trainable_student_variables(self):
         """Student weights plus the training-only adapters (teacher weights never)."""
