@@ -100,7 +100,7 @@ def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches
     speed-ups (``before``: ``BEFORE``), and with each of ``speedups`` switched
     (``SPEEDUPS``: off when it is on by default, on when off). All variants of a mode are timed
     in ``rounds`` interleaved rounds of ``steps`` steps on the same batch (a variant that sets
-    ``train.batch_size`` on a batch of its size), so a busy machine slows them alike; the median
+    ``train.batch_size`` or a ``data`` key on a batch made that way), so a busy machine slows them alike; the median
     wall and process CPU time per step are kept (a mean would carry the slow first step after
     each switch of variant). The pipeline is timed with and without the decoded image cache.
 
@@ -143,10 +143,10 @@ def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progre
     batches = {}
 
     def batch_of(variant):
-        size = variant.train.batch_size
-        if size not in batches:
-            batches[size] = next(iter(make_train_dataset(variant, train_data, size)))
-        return batches[size]
+        key = (variant.train.batch_size, repr(variant.data))
+        if key not in batches:
+            batches[key] = next(iter(make_train_dataset(variant, train_data, variant.train.batch_size)))
+        return batches[key]
 
     batch = batch_of(config)
     result = {
