@@ -276,7 +276,7 @@ def test_benchmark_train_ratios_come_from_one_run(tiny_data, monkeypatch):
     monkeypatch.setattr(benchmark, "_step_function", lambda model, batch: (
         timed_batches.append(int(batch["images"].shape[0])), step_function(model, batch))[1])
     doubled = 2 * config.train.batch_size
-    result = benchmark_train(config, modes=("single",), steps=2, rounds=1, pipeline_batches=2,
+    result = benchmark_train(config, modes=("single",), steps=1, rounds=1, pipeline_batches=2,
                              speedups=(), progress=False, compare=(f"train.batch_size={doubled}",))
     assert set(result["pipeline"]) == {"cache", "no_cache"}
     assert timed_batches == [config.train.batch_size, config.train.batch_size, doubled]
