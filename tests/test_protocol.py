@@ -288,7 +288,8 @@ def test_benchmark_train_ratios_come_from_one_run(tiny_data, monkeypatch):
             assert variant["images_per_second"] == pytest.approx(variant["batch_size"] / variant["step_seconds"])
             assert variant["speedup"] == pytest.approx(
                 variant["images_per_second"] / entry["before"]["images_per_second"])
-        assert entry["default"]["speedup"] == pytest.approx(entry["before"]["step_seconds"] / entry["default"]["step_seconds"])
+        assert entry["default"]["speedup"] == pytest.approx(
+            entry["before"]["step_seconds"] / entry["default"]["step_seconds"])
         bigger = entry[f"with train.batch_size={doubled}"]
         assert bigger["batch_size"] == doubled
         assert bigger["images_relative_to_default"] == pytest.approx(

@@ -100,9 +100,9 @@ def benchmark_train(config, modes=("single",), steps: int = 10, pipeline_batches
     speed-ups (``before``: ``BEFORE``), and with each of ``speedups`` switched
     (``SPEEDUPS``: off when it is on by default, on when off). All variants of a mode are timed
     in ``rounds`` interleaved rounds of ``steps`` steps on the same batch (a variant that sets
-    ``train.batch_size`` or a ``data`` key on a batch made that way), so a busy machine slows them alike; the median
-    wall and process CPU time per step are kept (a mean would carry the slow first step after
-    each switch of variant). The pipeline is timed with and without the decoded image cache.
+    ``train.batch_size`` or a ``data`` key on a batch made that way), so a busy machine slows
+    them alike; the median wall and process CPU time per step are kept (a mean would carry the
+    slow first step after each switch of variant). The pipeline is timed with and without the decoded image cache.
 
     Returns dict(batch_size, resolution, image_shape, pipeline={cache: images/s, ...},
     pipeline_images_per_second, modes={mode: {variant: {batch_size, step_seconds,
@@ -189,7 +189,8 @@ def _benchmark_train(config, modes, steps, pipeline_batches, build_model, progre
         for name in mode_variants:
             before, this = entry["before"], entry[name]
             this["speedup"] = this["images_per_second"] / before["images_per_second"]
-            this["cpu_speedup"] = (before["cpu_seconds"] / before["batch_size"]) / (this["cpu_seconds"] / this["batch_size"])
+            this["cpu_speedup"] = ((before["cpu_seconds"] / before["batch_size"])
+                                   / (this["cpu_seconds"] / this["batch_size"]))
             if name.startswith(("loss ", "with ")):
                 this["relative_to_default"] = this["step_seconds"] / entry["default"]["step_seconds"]
                 this["images_relative_to_default"] = this["images_per_second"] / entry["default"]["images_per_second"]
