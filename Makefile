@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install benchmark clean
+.PHONY: demo test test-slow install benchmark reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test-slow: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/msad benchmark train
+
+# the paper's Tables 1, 2a-c, 3a, 4 and the two controls at the demo's model and budget, 3 seeds
+# (about 2 hours on 2 cores; resumable; runs/reproduce_demo, kept in docs/results/reproduce_demo_runs)
+reproduce: $(STAMP)
+	$(BIN)/msad reproduce --config configs/demo.yaml --tables 1 2 2c 3a 4 controls
 
 clean:
 	rm -rf runs predictions build *.egg-info

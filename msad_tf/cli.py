@@ -353,10 +353,13 @@ def cmd_ablation(args):
 def cmd_reproduce(args):
     from msad_tf.reproduce import run_reproduce
 
-    run_reproduce(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
+    from msad_tf.reproduce import default_paths
+
+    out, keep = default_paths(args.config)
+    run_reproduce(config_path=args.config, out=args.out or out, data_root=args.data, overrides=args.overrides,
                   seeds=tuple(args.seeds), variants=not args.no_variants, plateau=not args.no_plateau,
                   curves=not args.no_curves, jobs=args.jobs, report_only=args.report_only,
-                  keep=args.keep or None, extensions=not args.no_extensions, tables=args.tables,
+                  keep=(keep if args.keep is None else args.keep) or None, extensions=not args.no_extensions, tables=args.tables,
                   runs=args.runs)
 
 
@@ -566,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/reproduce_claims.png. Run it again after an interruption to continue.",
     )
     _add_config_args(p, default_config="configs/reproduce.yaml")
-    p.add_argument("--out", default="runs/reproduce", help="run directory (runs are reused)")
+    p.add_argument("--out", help="run directory (runs are reused; default runs/reproduce for "
+                                 "configs/reproduce.yaml, runs/reproduce_NAME for configs/NAME.yaml)")
     p.add_argument("--data", default="data/msad_synth128",
                    help="the embedded dataset at 128 px, objects 0.75x (generated when missing)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -576,9 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help=_JOBS_HELP)
     p.add_argument("--no-extensions", action="store_true",
                    help="skip same-resolution SKD (3 seeds), the SKD paper's Fig. 7 and RetinaNet's Table 4")
-    p.add_argument("--keep", default="docs/results/reproduce_runs",
+    p.add_argument("--keep",
                    help="where each finished run's evaluations and history are copied (kept in the "
-                        "repository; the report reads them when OUT lacks a run); '' for nowhere")
+                        "repository; the report reads them when OUT lacks a run; default "
+                        "docs/results/reproduce_runs for configs/reproduce.yaml, "
+                        "docs/results/reproduce_NAME_runs for configs/NAME.yaml); '' for nowhere")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report of the runs finished so far")
     from msad_tf.reproduce import TABLES

@@ -248,6 +248,16 @@ def all_runs(seeds=SEEDS, variants: bool = True, plateau: bool = True,
     return order
 
 
+def default_paths(config_path) -> tuple[str, str]:
+    """(OUT, keep) of ``msad reproduce`` for a config file: runs/reproduce and
+    docs/results/reproduce_runs for configs/reproduce.yaml, runs/reproduce_<name> and
+    docs/results/reproduce_<name>_runs for configs/<name>.yaml, so that the runs of two configs
+    never share a directory."""
+    name = Path(config_path).stem
+    suffix = "" if name == "reproduce" else f"_{name}"
+    return f"runs/reproduce{suffix}", f"docs/results/reproduce{suffix}_runs"
+
+
 def twice_decay(decay) -> str:
     """The LR decay epochs of a run twice as long, as a ``train.lr_decay_epochs`` override value."""
     return "[" + ",".join(f"{2 * e:g}" for e in decay) + "]"
@@ -539,19 +549,34 @@ class _Plan:
 
     def restore(self, key) -> None:
         """Copies a kept run's evaluations into OUT (once; not into a run being trained again,
-        whose old rows ``refresh_rows`` has set aside)."""
+        whose old rows ``refresh_rows`` has set aside). Raises ConfigError when the kept run was
+        trained with another config (another config needs another ``keep``)."""
         import shutil
+
+        from msad_tf.training import runs
 
         kept, run_dir = (self.keep / key if self.keep else None), self.out / key
         if kept is not None and (kept / "reproduce_eval.json").is_file() \
                 and not (run_dir / "reproduce_eval.json").is_file() and not (run_dir / RETRAINED_FILE).is_file():
+            if (kept / runs.CONFIG_FILE).is_file():
+                runs.require_same_config(kept, self.config_of(key), "the kept evaluations of a run",
+                                         "give this config its own --keep directory (the default follows the "
+                                         "config file's name)")
             run_dir.mkdir(parents=True, exist_ok=True)
             for path in kept.iterdir():
                 shutil.copy(path, run_dir / path.name)
 
     def cached(self, key) -> dict | None:
+        """The final rows of a run from OUT (after ``restore``), or None. Raises ConfigError when
+        OUT holds that run trained (or training) with another config."""
+        from msad_tf.training import runs
+
         run, _ = self.by_name[key]
         self.restore(key)
+        if (self.out / key / runs.CONFIG_FILE).is_file():
+            runs.require_same_config(self.out / key, self.config_of(key), "a run",
+                                     "give this config its own --out directory (the default follows the "
+                                     "config file's name)")
         return _cached_rows(self.out / key, run.evals, self.config_of(key).eval.low_input)
 
     def diverged(self, key) -> str | None:
@@ -710,6 +735,32 @@ def _cached_rows(run_dir: Path, evals, low_input) -> dict | None:
     return {name: cache[k] for name, k in keys.items()}
 
 
+#: (run, its twin at twice the steps) pairs whose AP shows whether the budget is a plateau;
+#: vanilla's twin is the equal-total-training control (vanilla at the teacher's + student's steps).
+PLATEAU_PAIRS = (("single", "single_2x"), ("vanilla", "vanilla_equal"), ("teacher", "teacher_2x"),
+                 ("student", "student_2x"))
+
+
+def plateau_check(rows, labels, seeds) -> list[dict]:
+    """Per (run, row) with a twin: mean AP over the seeds both have, the twin's, the relative
+    change and whether it is within the demo's 10% (``msad_tf.demo.plateau_rows``)."""
+    from msad_tf.demo import plateau_rows
+
+    out = []
+    for name, twin in PLATEAU_PAIRS:
+        both = [s for s in seeds if (name, s) in rows and (twin, s) in rows]
+        if not both:
+            continue
+        keys = [k for k in rows[(name, both[0])] if k in rows[(twin, both[0])]]
+        mean = lambda run, key: {"AP": float(np.mean([rows[(run, s)][key]["AP"] for s in both]))}  # noqa: E731
+        row_name = {k: f"{labels[name][0]} {dict(_COLUMNS).get(k, k)}" for k in keys}
+        for row in plateau_rows({row_name[k]: mean(name, k) for k in keys},
+                                {row_name[k]: mean(twin, k) for k in keys}):
+            out.append({**row, "run": name, "twin": twin, "steps": labels[name][2],
+                        "steps_2x": labels[twin][2], "seeds": both})
+    return out
+
+
 def summarize(rows, labels, seeds, curves, config, seconds) -> dict:
     table = {}
     for (name, seed), metrics in rows.items():
@@ -732,6 +783,7 @@ def summarize(rows, labels, seeds, curves, config, seconds) -> dict:
         "seeds": list(seeds),
         "table": table,
         "claims": claims_from(rows, seeds),
+        "plateau": plateau_check(rows, labels, seeds),
         "fig7": teacher_student_points(rows),
         "gap_closed": {arch: gap for arch, gap in (("fcos", gap_closed(rows, seeds)),
                                                    ("retinanet", gap_closed(rows, seeds, "retina_student",
@@ -787,6 +839,16 @@ def format_report(result) -> str:
                          if k in e["rows"]]
                 lines.append(f"- {e['label']}: " + ", ".join(parts))
         lines.append("")
+    plateau = result.get("plateau") or []
+    if plateau:
+        lines += ["### Plateau: AP at the run's steps against its twin at twice the steps (mean over the seeds "
+                  "both have; within 10%: at its plateau)", "",
+                  "| row | steps | AP | steps 2x | AP 2x | change | within 10% | seeds |", "|---|---|---|---|---|---|---|---|"]
+        for r in plateau:
+            change = "n/a" if r["change"] is None else f"{r['change']:+.1%}"
+            lines.append(f"| {r['row']} | {r['steps']} | {r['AP']:.2f} | {r['steps_2x']} | {r['AP_2x']:.2f} | "
+                         f"{change} | {'yes' if r['plateau'] else 'no'} | {len(r['seeds'])} |")
+        lines += ["", f"- {sum(r['plateau'] for r in plateau)} of {len(plateau)} rows within 10%", ""]
     fig7 = result.get("fig7")
     if fig7:
         lines += ["### Teacher AP against student AP (SKD paper Fig. 7, seed 0)", ""]

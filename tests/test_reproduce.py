@@ -1,6 +1,7 @@
 """msad reproduce: claim verdicts against the seed spread, run order, and a tiny end-to-end
 reproduction that is resumed (runs and evaluations reused)."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -342,3 +343,60 @@ def test_a_report_does_not_restore_old_rows_into_a_run_being_trained_again(tiny_
     plan = reproduce._Plan(str(path), out, str(tiny_data), [], (0,), False, False, False, keep, False)
     assert plan.cached("teacher_s0") is None
     assert not (out / "teacher_s0" / "reproduce_eval.json").exists()
+
+
+def test_each_config_gets_its_own_run_and_keep_directories():
+    assert reproduce.default_paths("configs/reproduce.yaml") == ("runs/reproduce", "docs/results/reproduce_runs")
+    assert reproduce.default_paths("configs/demo.yaml") == ("runs/reproduce_demo", "docs/results/reproduce_demo_runs")
+
+
+@pytest.mark.parametrize("where", ["keep", "out"])
+def test_a_run_of_another_config_is_refused_and_left_alone(tiny_data, tmp_path, where):
+    """Rows kept (or left in OUT) by a run of another config are never read as this config's:
+    ConfigError names the differing key, and the kept files are untouched."""
+    from conftest import write_tiny_yaml
+
+    from msad_tf.config import ConfigError, load_config
+
+    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
+    keep, out = tmp_path / "keep", tmp_path / "out"
+    plan = reproduce._Plan(str(path), out, str(tiny_data), [], (0,), False, False, False, keep, False)
+    rows = {reproduce._eval_key(r, b, "subsample"): {"AP": 1.0, "APs": 0.5} for r, b in reproduce.CORE[0].evals}
+    assert plan.config_of("single_s0").eval.low_input == "subsample"
+    run_dir = (keep if where == "keep" else out) / "single_s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "reproduce_eval.json").write_text(json.dumps(rows))
+    plan.config_of("single_s0").save(run_dir / "config.yaml")
+    assert plan.cached("single_s0") == {k: {"AP": 1.0, "APs": 0.5} for k in ("high/-", "low/-")}
+    if where == "keep":
+        shutil.rmtree(out / "single_s0")
+    changed = load_config(path, [f"data.root={tiny_data}", "train.mode=single", "train.seed=0", "train.steps_per_epoch=7"])
+    changed.save(run_dir / "config.yaml")
+    plan = reproduce._Plan(str(path), out, str(tiny_data), [], (0,), False, False, False, keep, False)
+    with pytest.raises(ConfigError, match=r"train.steps_per_epoch: 7 -> 2.*own --(keep|out)"):
+        plan.cached("single_s0")
+    assert json.loads((run_dir / "reproduce_eval.json").read_text()) == rows
+    if where == "keep":
+        assert not (out / "single_s0").exists()
+
+
+def test_the_plateau_check_pairs_each_run_with_its_twin_by_seed():
+    rows = {("single", 0): {"high/-": {"AP": 50.0}, "low/-": {"AP": 20.0}},
+            ("single", 1): {"high/-": {"AP": 52.0}, "low/-": {"AP": 22.0}},
+            ("single", 2): {"high/-": {"AP": 90.0}, "low/-": {"AP": 90.0}},
+            ("single_2x", 0): {"high/-": {"AP": 54.0}, "low/-": {"AP": 24.0}},
+            ("single_2x", 1): {"high/-": {"AP": 56.0}, "low/-": {"AP": 25.0}},
+            ("vanilla", 0): {"high/-": {"AP": 40.0}}}
+    labels = {"single": ("single-scale", "1", 100), "single_2x": ("single 2x", "plateau", 200),
+              "vanilla": ("vanilla", "1", 100)}
+    check = reproduce.plateau_check(rows, labels, (0, 1, 2))
+    assert [(r["row"], r["seeds"], r["steps"], r["steps_2x"]) for r in check] == [
+        ("single-scale @H", [0, 1], 100, 200), ("single-scale @L", [0, 1], 100, 200)]
+    assert check[0]["AP"] == pytest.approx(51.0) and check[0]["AP_2x"] == pytest.approx(55.0)
+    assert check[0]["change"] == pytest.approx(4 / 51) and check[0]["plateau"]
+    assert check[1]["change"] == pytest.approx(3.5 / 21) and not check[1]["plateau"]
+    report = reproduce.format_report({"budget": {"steps_per_run": 100, "batch_size": 2, "H": 64, "L": 32,
+                                                 "low_input": "subsample"}, "seeds": [0, 1, 2], "table": {},
+                                      "claims": [], "plateau": check})
+    assert "| single-scale @L | 100 | 21.00 | 200 | 24.50 | +16.7% | no | 2 |" in report
+    assert "1 of 2 rows within 10%" in report

@@ -132,6 +132,16 @@ def config_differences(run_dir: str | Path, config: Config) -> dict[str, tuple]:
             if saved.get(k) != wanted.get(k)}
 
 
+def require_same_config(run_dir: str | Path, config: Config, what: str, hint: str) -> None:
+    """Raises ConfigError when RUN_DIR/config.yaml differs from ``config``, naming up to four
+    differing keys: "``run_dir`` holds ``what`` trained with another config (...); ``hint``"."""
+    differences = config_differences(run_dir, config)
+    if differences:
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(differences.items())[:4])
+        more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
+        raise ConfigError(f"{run_dir} holds {what} trained with another config ({shown}{more}); {hint}")
+
+
 def is_finished(run_dir: str | Path, config: Config) -> bool:
     """Whether RUN_DIR holds the final weights of a run trained with ``config`` (to be reused).
 
@@ -140,14 +150,8 @@ def is_finished(run_dir: str | Path, config: Config) -> bool:
     run_dir = Path(run_dir)
     if not (run_dir / WEIGHTS_FILE).is_file():
         return False
-    differences = config_differences(run_dir, config)
-    if differences:
-        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(differences.items())[:4])
-        more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
-        raise ConfigError(
-            f"{run_dir} holds a model trained with another config ({shown}{more}); retrain it "
-            "(--force, or delete the directory) or use another output directory"
-        )
+    require_same_config(run_dir, config, "a model",
+                        "retrain it (--force, or delete the directory) or use another output directory")
     return True
 
 
