@@ -52,7 +52,7 @@ KD_CANDIDATES = ("msad_l1_norm", "msad_l1_fg")
 #: seeds 1 and 2 are the fair test. The student from the 2x teacher also starts from that
 #: teacher's weights, so its own no-KD control separates the stronger init from the KD term.
 LEADS = {
-    "student_mse": ("student with the mse loss", ("student",)),
+    "student_mse": ("student with the mse loss", ("student", "student_no_kd")),
     "student_tau1.0": ("student with tau 1.0 (KD weight 0.2)", ("student",)),
     "student_from_teacher_2x": ("student from the 2x-trained teacher",
                                 ("student", "student_no_kd_from_teacher_2x")),

@@ -162,6 +162,12 @@ def test_a_lead_is_judged_against_its_own_baseline():
     assert control["b"] == [43.0, 44.0, 45.0] and control["difference"] == pytest.approx(-1.5 / 3)
     assert not control["holds"] and "above the student without KD from the 2x" in control["text"]
     assert claims["student_no_kd_from_teacher_2x_above_student_no_kd"]["difference"] == pytest.approx(3.0)
+    for seed in (0, 1, 2):
+        rows[("student_mse", seed)] = {"low/-": {"AP": 41.5 + seed}}
+    claims = {c["claim"]: c for c in reproduce.claims_from(rows, (0, 1, 2))}
+    assert claims["student_mse_above_student_no_kd"]["difference"] == pytest.approx(1.5)
+    assert claims["student_mse_above_student_no_kd"]["paired"]
+    assert "mse loss above the no-KD control" in claims["student_mse_above_student_no_kd"]["text"]
 
 
 @pytest.mark.slow
