@@ -51,8 +51,11 @@ KD_CANDIDATES = ("msad_l1_norm", "msad_l1_fg")
 #: rows: name -> (label, baselines), claims ``<name>_above_<baseline>``. Seed 0 chose them, so
 #: seeds 1 and 2 are the fair test. The student from the 2x teacher also starts from that
 #: teacher's weights, so its own no-KD control separates the stronger init from the KD term.
+#: fgfi and podnet led Table 3a of the demo-model reproduction (``make reproduce``, session 13).
 LEADS = {
     "student_mse": ("student with the mse loss", ("student", "student_no_kd")),
+    "student_fgfi": ("student with the fgfi loss", ("student", "student_no_kd")),
+    "student_podnet": ("student with the podnet loss", ("student", "student_no_kd")),
     "student_tau1.0": ("student with tau 1.0 (KD weight 0.2)", ("student",)),
     "student_from_teacher_2x": ("student from the 2x-trained teacher",
                                 ("student", "student_no_kd_from_teacher_2x")),
