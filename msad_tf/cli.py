@@ -351,16 +351,14 @@ def cmd_ablation(args):
 
 
 def cmd_reproduce(args):
-    from msad_tf.reproduce import run_reproduce
-
-    from msad_tf.reproduce import default_paths
+    from msad_tf.reproduce import default_paths, run_reproduce
 
     out, keep = default_paths(args.config)
     run_reproduce(config_path=args.config, out=args.out or out, data_root=args.data, overrides=args.overrides,
                   seeds=tuple(args.seeds), variants=not args.no_variants, plateau=not args.no_plateau,
                   curves=not args.no_curves, jobs=args.jobs, report_only=args.report_only,
-                  keep=(keep if args.keep is None else args.keep) or None, extensions=not args.no_extensions, tables=args.tables,
-                  runs=args.runs)
+                  keep=(keep if args.keep is None else args.keep) or None, extensions=not args.no_extensions,
+                  tables=args.tables, runs=args.runs)
 
 
 _JOBS_HELP = ("runs trained at once, each in its own process with its share of the cores as threads (default 2: "

@@ -846,7 +846,8 @@ def format_report(result) -> str:
     if plateau:
         lines += ["### Plateau: AP at the run's steps against its twin at twice the steps (mean over the seeds "
                   "both have; within 10%: at its plateau)", "",
-                  "| row | steps | AP | steps 2x | AP 2x | change | within 10% | seeds |", "|---|---|---|---|---|---|---|---|"]
+                  "| row | steps | AP | steps 2x | AP 2x | change | within 10% | seeds |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in plateau:
             change = "n/a" if r["change"] is None else f"{r['change']:+.1%}"
             lines.append(f"| {r['row']} | {r['steps']} | {r['AP']:.2f} | {r['steps_2x']} | {r['AP_2x']:.2f} | "

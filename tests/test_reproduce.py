@@ -376,7 +376,8 @@ def test_a_run_of_another_config_is_refused_and_left_alone(tiny_data, tmp_path, 
     assert plan.cached("single_s0") == {k: {"AP": 1.0, "APs": 0.5} for k in ("high/-", "low/-")}
     if where == "keep":
         shutil.rmtree(out / "single_s0")
-    changed = load_config(path, [f"data.root={tiny_data}", "train.mode=single", "train.seed=0", "train.steps_per_epoch=7"])
+    changed = load_config(path, [f"data.root={tiny_data}", "train.mode=single", "train.seed=0",
+                                 "train.steps_per_epoch=7"])
     changed.save(run_dir / "config.yaml")
     plan = reproduce._Plan(str(path), out, str(tiny_data), [], (0,), False, False, False, keep, False)
     with pytest.raises(ConfigError, match=r"train.steps_per_epoch: 7 -> 2.*own --(keep|out)"):
