@@ -236,7 +236,7 @@ def test_parallel_reproduction_trains_each_run_once_after_its_teacher(tiny_data,
 
 def test_extension_rows_follow_the_core_and_read_the_right_rows():
     names = [f"{run.name}_s{seed}" for run, seed in reproduce.all_runs()]
-    assert {"student_mse_s2", "student_tau1.0_s2"} <= set(names) and "student_podnet_s1" not in names
+    assert {"student_mse_s2", "student_podnet_s2", "student_tau1.0_s2"} <= set(names) and "student_skd_s1" not in names
     assert names.index("student_2x_s0") < names.index("sr_student_s0") < names.index("teacher_sigmoid_s0")
     assert names.index("retina_teacher_s2") < names.index("retina_student_s2")
     assert names.index("single_2x_s0") < names.index("sr_student_skd_from_2x_s0")
