@@ -17,8 +17,9 @@ Rows (each evaluated with COCOeval on the val split; L = the subsample the model
   controls  the student with the same teacher initialization and steps but no KD term, vanilla
             trained for the teacher's plus the student's steps (equal total training), the
             student with the teacher's BatchNorm in training mode (authors' code)
-  plateau   single, vanilla, teacher and student at twice the budget (seed 0), and AP of the
-            seed-0 core runs at each epoch checkpoint (AP against steps)
+  plateau   single, vanilla, teacher and student at twice the budget (seed 0), single-scale and
+            vanilla at four times (the twins of the 2x runs), and AP of the seed-0 core runs at
+            each epoch checkpoint (AP against steps)
   sr        same-resolution distillation (SKD paper): the w0.5 single-scale model teaches a w0.25
             student at H with SKD, msad_l1 or FGFI, against the student alone (3 seeds)
   fig7      teachers of different AP (a quarter, one and twice the budget), the same student +
@@ -74,7 +75,8 @@ class Run:
     """One training run of the reproduction.
 
     ``overrides`` may use {out}, {seed}, {epochs2} (twice the epochs), {decay2} (the LR
-    decay epochs of a run twice as long) and {spe4} (a quarter of the steps per epoch);
+    decay epochs of a run twice as long), {epochs4} and {decay4} (four times) and {spe4} (a
+    quarter of the steps per epoch);
     ``evals`` are (resolution, branch) pairs.
     """
 
@@ -95,6 +97,7 @@ _HL = (("high", None), ("low", None))
 _L = (("low", None),)
 _TEACHER = (("high", "fused"), ("high", "high"), ("low", "low"))
 _TWICE = ("train.epochs={epochs2}", "train.lr_decay_epochs={decay2}")
+_FOUR_TIMES = ("train.epochs={epochs4}", "train.lr_decay_epochs={decay4}")
 
 CORE = (
     Run("single", "single-scale", ("train.mode=single",), _HL, table="1", curve=True),
@@ -113,6 +116,12 @@ PLATEAU = (
     Run("teacher_2x", "teacher C-FF, 2x steps", ("train.mode=teacher",) + _TWICE, _TEACHER, seeds=(0,),
         table="plateau"),
     Run("student_2x", "MSAD student, 2x steps", _student() + _TWICE, _L, seeds=(0,), table="plateau"),
+    # the twins of single_2x and vanilla_equal: whether single-scale and vanilla, which still gain
+    # more than 10% from 1x to 2x at the demo's model, reach their plateau at 2x
+    Run("single_4x", "single-scale, 4x steps", ("train.mode=single",) + _FOUR_TIMES, _HL, seeds=(0,),
+        table="plateau"),
+    Run("vanilla_4x", "vanilla multi-scale, 4x steps", ("train.mode=vanilla_multiscale",) + _FOUR_TIMES, _HL,
+        seeds=(0,), table="plateau"),
 )
 
 #: The same-resolution student (issue 11): a smaller network (width 0.25, its own pre-trained
@@ -261,15 +270,16 @@ def default_paths(config_path) -> tuple[str, str]:
     return f"runs/reproduce{suffix}", f"docs/results/reproduce{suffix}_runs"
 
 
-def twice_decay(decay) -> str:
-    """The LR decay epochs of a run twice as long, as a ``train.lr_decay_epochs`` override value."""
-    return "[" + ",".join(f"{2 * e:g}" for e in decay) + "]"
+def twice_decay(decay, factor: int = 2) -> str:
+    """The LR decay epochs of a run twice (``factor`` times) as long, as a
+    ``train.lr_decay_epochs`` override value."""
+    return "[" + ",".join(f"{factor * e:g}" for e in decay) + "]"
 
 
 def _format(overrides, out, seed, epochs, decay, steps_per_epoch=None):
-    decay2 = twice_decay(decay)
     spe4 = max(1, (steps_per_epoch or 4) // 4)
-    return [o.format(out=out, seed=seed, epochs2=2 * epochs, decay2=decay2, spe4=spe4) for o in overrides]
+    return [o.format(out=out, seed=seed, epochs2=2 * epochs, decay2=twice_decay(decay), epochs4=4 * epochs,
+                     decay4=twice_decay(decay, 4), spe4=spe4) for o in overrides]
 
 
 def _eval_key(resolution, branch, low_input, weights="final"):
@@ -741,7 +751,7 @@ def _cached_rows(run_dir: Path, evals, low_input) -> dict | None:
 #: (run, its twin at twice the steps) pairs whose AP shows whether the budget is a plateau;
 #: vanilla's twin is the equal-total-training control (vanilla at the teacher's + student's steps).
 PLATEAU_PAIRS = (("single", "single_2x"), ("vanilla", "vanilla_equal"), ("teacher", "teacher_2x"),
-                 ("student", "student_2x"))
+                 ("student", "student_2x"), ("single_2x", "single_4x"), ("vanilla_equal", "vanilla_4x"))
 
 
 def plateau_check(rows, labels, seeds) -> list[dict]:
@@ -882,7 +892,8 @@ def write_outputs(result, out: Path) -> None:
 
 
 def plot_curves(result, path) -> None:
-    """AP against training steps of the seed-0 core runs (epoch checkpoints), with the 2x runs."""
+    """AP against training steps of the seed-0 core runs (epoch checkpoints), with the twins of
+    ``PLATEAU_PAIRS`` (2x and 4x the steps) as stars."""
     curves = result.get("curves") or {}
     if not curves:
         return
@@ -896,7 +907,7 @@ def plot_curves(result, path) -> None:
         keys = [k for k in points[0] if k != "step"] if points else []
         for key in keys:
             ax.plot([p["step"] for p in points], [p[key] for p in points], marker="o", label=f"{name} {key}")
-    for name in ("single_2x", "teacher_2x", "student_2x", "vanilla_equal"):
+    for name in dict.fromkeys(twin for _, twin in PLATEAU_PAIRS):
         entry = result["table"].get(name)
         if entry:
             for key, row in entry["rows"].items():
@@ -904,7 +915,7 @@ def plot_curves(result, path) -> None:
                 ax.annotate(f"{name} {key}", (entry["steps"], row["AP"]["values"][0]), fontsize=7)
     ax.set_xlabel("training steps")
     ax.set_ylabel("COCO AP (val)")
-    ax.set_title("AP against steps (epoch checkpoints, seed 0); stars: runs at twice the budget")
+    ax.set_title("AP against steps (epoch checkpoints, seed 0); stars: runs at 2x and 4x the budget")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -407,3 +407,23 @@ def test_the_plateau_check_pairs_each_run_with_its_twin_by_seed():
                                       "claims": [], "plateau": check})
     assert "| single-scale @L | 100 | 21.00 | 200 | 24.50 | +16.7% | no | 2 |" in report
     assert "1 of 2 rows within 10%" in report
+
+
+def test_the_four_times_twins_train_four_times_the_steps_and_pair_with_the_2x_runs(tiny_data, tmp_path):
+    from conftest import write_tiny_yaml
+
+    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=2, lr_decay_epochs=(1.5,))
+    plan = reproduce._Plan(str(path), tmp_path / "out", str(tiny_data), [], (0,), False, True, False, None, False)
+    for name, mode, factor in (("single", "single", 1), ("single_2x", "single", 2), ("single_4x", "single", 4),
+                               ("vanilla_equal", "vanilla_multiscale", 2), ("vanilla_4x", "vanilla_multiscale", 4)):
+        config = plan.config_of(f"{name}_s0")
+        assert (config.train.mode, config.train.epochs, list(config.train.lr_decay_epochs)) == (
+            mode, 2 * factor, [1.5 * factor])
+    rows = {(name, 0): {"low/-": {"AP": ap}} for name, ap in
+            (("single_2x", 20.0), ("single_4x", 21.0), ("vanilla_equal", 30.0), ("vanilla_4x", 34.0))}
+    labels = {name: (name, "plateau", steps) for name, steps in
+              (("single_2x", 200), ("single_4x", 400), ("vanilla_equal", 200), ("vanilla_4x", 400))}
+    check = reproduce.plateau_check(rows, labels, (0,))
+    assert [(r["run"], r["twin"], r["steps"], r["steps_2x"], r["plateau"]) for r in check] == [
+        ("single_2x", "single_4x", 200, 400, True), ("vanilla_equal", "vanilla_4x", 200, 400, False)]
+    assert check[1]["change"] == pytest.approx(4 / 30)
