@@ -137,7 +137,10 @@ class TrainConfig:
     The learning rate scales linearly with the global batch: lr = base_lr * batch_size / base_batch.
     ``clipnorm`` bounds the global gradient norm, ``clipvalue`` each gradient element (one of
     them). ``optimizer``: ``sgd`` (momentum; the authors') or ``adamw`` (decoupled weight decay
-    ``weight_decay``, which then is AdamW's coefficient). ``backup_every`` backs up model and
+    ``weight_decay``, which then is AdamW's coefficient). ``epochs_scale`` gives each mode its
+    own budget: {mode: factor} multiplies ``epochs`` and ``lr_decay_epochs`` of a run of that mode
+    when the config is loaded (e.g. ``{single: 1.5, student: 0.5}``), after which it is empty, so
+    that a run's config.yaml holds the epochs it trained. ``backup_every`` backs up model and
     optimizer every that many steps in RUN_DIR/backup so that a killed run resumes where it
     stopped (0: off). ``fused_optimizer`` updates each variable with one TensorFlow kernel
     instead of Keras's chain of small ops (same numbers to float round-off; ``false``: Keras's).
@@ -147,6 +150,7 @@ class TrainConfig:
     input: str = "high"
     batch_size: int = 16
     epochs: int = 12
+    epochs_scale: dict = field(default_factory=dict)
     steps_per_epoch: int | None = None
     base_lr: float = 0.01
     base_batch: int = 16
@@ -266,7 +270,7 @@ def _build_section(cls, values: dict[str, Any], where: str):
     return cls(**values)
 
 
-def config_from_dict(values: dict[str, Any], where: str = "config") -> Config:
+def config_from_dict(values: dict[str, Any], where: str = "config", scale: bool = True) -> Config:
     """Build a Config from nested dicts, rejecting unknown sections and keys."""
     values = values or {}
     if not isinstance(values, dict):
@@ -284,6 +288,19 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> Config:
         sections[name] = _build_section(_section_class(name), section, f"{where} [{name}]")
     config = Config(**sections)
     validate(config)
+    return apply_epochs_scale(config) if scale else config
+
+
+def apply_epochs_scale(config: Config) -> Config:
+    """``train.epochs`` and ``train.lr_decay_epochs`` times ``train.epochs_scale[train.mode]``
+    (1 for a mode not named; epochs rounded half up to a whole number, at least 1), and
+    ``epochs_scale`` emptied: the one place a mode's budget is decided."""
+    t = config.train
+    factor = (t.epochs_scale or {}).get(t.mode, 1)
+    if factor != 1:
+        t.epochs = max(1, math.floor(t.epochs * factor + 0.5))
+        t.lr_decay_epochs = [e * factor for e in t.lr_decay_epochs]
+    t.epochs_scale = {}
     return config
 
 
@@ -311,8 +328,10 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, scale: bool = True) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides, then
+    ``train.epochs_scale`` (``apply_epochs_scale``; ``scale=False``: left as written, for code
+    that derives other runs' budgets from it)."""
     values: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
@@ -325,7 +344,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML ({err})") from err
         where = str(path)
     values = apply_overrides(values, overrides or [])
-    return config_from_dict(values, where)
+    return config_from_dict(values, where, scale)
 
 
 def validate(config: Config) -> None:
@@ -430,6 +449,14 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.strategy '{t.strategy}': choose default, mirrored or multi_worker")
     if t.batch_size < 1 or t.epochs < 1:
         raise ConfigError("train.batch_size and train.epochs must be positive")
+    modes = ("single", "vanilla_multiscale", "aligned", "teacher", "student")
+    if not isinstance(t.epochs_scale or {}, dict):
+        raise ConfigError(f"train.epochs_scale {t.epochs_scale!r} must be a mapping mode: factor")
+    for mode, factor in (t.epochs_scale or {}).items():
+        if mode not in modes:
+            raise ConfigError(f"train.epochs_scale: unknown mode '{mode}'; valid: {', '.join(modes)}")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+            raise ConfigError(f"train.epochs_scale[{mode}] {factor!r} must be a positive number")
     for name in ("clipnorm", "clipvalue"):
         value = getattr(t, name)
         if value is not None and not (isinstance(value, (int, float)) and value > 0):

@@ -1,13 +1,13 @@
 """The main job on the embedded dataset: the paper's comparison at demo scale.
 
-Generates the synthetic dataset when missing, trains each model of ``DEMO_RUNS`` with the same
-number of steps, evaluates each at high (H) and low (L = H / k) resolution with COCOeval, and
-prints one AP table (also written to OUT/results.json and OUT/results.md). Finished runs are
-reused unless ``force``. When the student is among the runs, the demo ends with its deployment:
-the student exported at L as a SavedModel and a float TFLite model in OUT/export/student (the
-``msad export`` layout), and the inference benchmark of the student at L against the same
-network at H (``msad benchmark infer``, shortened), printed and written to
-OUT/benchmark_infer.json and OUT/results.md.
+Generates the synthetic dataset when missing, trains each model of ``DEMO_RUNS`` (each mode with
+its budget from the config's ``train.epochs_scale``), evaluates each at high (H) and low (L = H /
+k) resolution with COCOeval, and prints one AP table (also written to OUT/results.json and
+OUT/results.md). Finished runs are reused unless ``force``. When the student is among the runs,
+the demo ends with its deployment: the student exported at L as a SavedModel and a float TFLite
+model in OUT/export/student (the ``msad export`` layout), and the inference benchmark of the
+student at L against the same network at H (``msad benchmark infer``, shortened), printed and
+written to OUT/benchmark_infer.json and OUT/results.md.
 """
 from __future__ import annotations
 
@@ -154,12 +154,13 @@ def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, j
     return seconds
 
 
-def twice_runs(runs_to_do, out, config) -> tuple:
+def twice_runs(runs_to_do, out, config_path, base=()) -> tuple:
     """``runs_to_do`` at twice the epochs, the LR decay epochs doubled (warm-up and KD ramp are
-    fractions of the run). A student keeps the demo's own teacher (OUT/teacher), so that only its
-    own steps change."""
+    fractions of the run; ``train.epochs_scale`` then gives each mode twice its own budget). A
+    student keeps the demo's own teacher (OUT/teacher), so that only its own steps change."""
     from msad_tf.reproduce import twice_decay
 
+    config = load_config(config_path, list(base), scale=False)
     twice = [f"train.epochs={2 * config.train.epochs}",
              f"train.lr_decay_epochs={twice_decay(config.train.lr_decay_epochs)}"]
     return tuple((name, label, [o.replace("{out}", str(out)) for o in run_overrides] + twice, resolutions)
@@ -271,7 +272,7 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
     print(f"\nfinished in {time.time() - start:.0f} s; results in {out}/{results_name}.md")
     if plateau:
         print(f"\n== the plateau check: every run again at twice its steps in {out / PLATEAU_DIR}", flush=True)
-        twins = twice_runs(runs_to_do, out, load_config(config_path, base))
+        twins = twice_runs(runs_to_do, out, config_path, base)
         twice_table = run_demo(config_path, out / PLATEAU_DIR, data_root, overrides, force, twins,
                                results_name="results_2x", title=(title or "COCO metrics") + ", twice the steps",
                                export_student=False, jobs=jobs)

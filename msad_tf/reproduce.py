@@ -17,9 +17,8 @@ Rows (each evaluated with COCOeval on the val split; L = the subsample the model
   controls  the student with the same teacher initialization and steps but no KD term, vanilla
             trained for the teacher's plus the student's steps (equal total training), the
             student with the teacher's BatchNorm in training mode (authors' code)
-  plateau   single, vanilla, teacher and student at twice the budget (seed 0), single-scale and
-            vanilla at four times (the twins of the 2x runs), and AP of the seed-0 core runs at
-            each epoch checkpoint (AP against steps)
+  plateau   single, vanilla, teacher and student at twice the budget (seed 0), and AP of the
+            seed-0 core runs at each epoch checkpoint (AP against steps)
   sr        same-resolution distillation (SKD paper): the w0.5 single-scale model teaches a w0.25
             student at H with SKD, msad_l1 or FGFI, against the student alone (3 seeds)
   fig7      teachers of different AP (a quarter, one and twice the budget), the same student +
@@ -75,8 +74,9 @@ class Run:
     """One training run of the reproduction.
 
     ``overrides`` may use {out}, {seed}, {epochs2} (twice the epochs), {decay2} (the LR
-    decay epochs of a run twice as long), {epochs4} and {decay4} (four times) and {spe4} (a
-    quarter of the steps per epoch);
+    decay epochs of a run twice as long), {epochs_equal} and {decay_equal} (the epochs of the
+    teacher plus the student, ``train.epochs_scale`` applied) and {spe4} (a quarter of the steps
+    per epoch);
     ``evals`` are (resolution, branch) pairs.
     """
 
@@ -97,7 +97,8 @@ _HL = (("high", None), ("low", None))
 _L = (("low", None),)
 _TEACHER = (("high", "fused"), ("high", "high"), ("low", "low"))
 _TWICE = ("train.epochs={epochs2}", "train.lr_decay_epochs={decay2}")
-_FOUR_TIMES = ("train.epochs={epochs4}", "train.lr_decay_epochs={decay4}")
+#: the teacher's plus the student's epochs, as the run's own (its mode's scale not applied again)
+_EQUAL = ("train.epochs_scale=null", "train.epochs={epochs_equal}", "train.lr_decay_epochs={decay_equal}")
 
 CORE = (
     Run("single", "single-scale", ("train.mode=single",), _HL, table="1", curve=True),
@@ -107,21 +108,20 @@ CORE = (
     Run("student", "MSAD student (msad_l1, aligned)", _student(), _L, table="4", curve=True),
     Run("student_no_kd", "student without KD (gamma 0, same init and steps)", _student("teacher", "train.gamma=0"),
         _L, table="controls"),
-    Run("vanilla_equal", "vanilla multi-scale, teacher + student steps", ("train.mode=vanilla_multiscale",) + _TWICE,
+    Run("vanilla_equal", "vanilla multi-scale, teacher + student steps", ("train.mode=vanilla_multiscale",) + _EQUAL,
         _HL, table="controls"),
 )
-#: Twice the budget, seed 0 (``_lead_seeds`` adds seeds 1 and 2 of teacher_2x: lead students learn from it).
+#: Twice the budget, seed 0 (``_lead_seeds`` adds seeds 1 and 2 of teacher_2x: lead students learn from
+#: it); the students' twins on every seed (cheap: each starts from its seed's teacher).
 PLATEAU = (
     Run("single_2x", "single-scale, 2x steps", ("train.mode=single",) + _TWICE, _HL, seeds=(0,), table="plateau"),
     Run("teacher_2x", "teacher C-FF, 2x steps", ("train.mode=teacher",) + _TWICE, _TEACHER, seeds=(0,),
         table="plateau"),
-    Run("student_2x", "MSAD student, 2x steps", _student() + _TWICE, _L, seeds=(0,), table="plateau"),
-    # the twins of single_2x and vanilla_equal: whether single-scale and vanilla, which still gain
-    # more than 10% from 1x to 2x at the demo's model, reach their plateau at 2x
-    Run("single_4x", "single-scale, 4x steps", ("train.mode=single",) + _FOUR_TIMES, _HL, seeds=(0,),
+    Run("student_2x", "MSAD student, 2x steps", _student() + _TWICE, _L, table="plateau"),
+    Run("student_no_kd_2x", "student without KD, 2x steps", _student("teacher", "train.gamma=0") + _TWICE, _L,
         table="plateau"),
-    Run("vanilla_4x", "vanilla multi-scale, 4x steps", ("train.mode=vanilla_multiscale",) + _FOUR_TIMES, _HL,
-        seeds=(0,), table="plateau"),
+    Run("vanilla_2x", "vanilla multi-scale, 2x steps", ("train.mode=vanilla_multiscale",) + _TWICE, _HL, seeds=(0,),
+        table="plateau"),
 )
 
 #: The same-resolution student (issue 11): a smaller network (width 0.25, its own pre-trained
@@ -270,16 +270,21 @@ def default_paths(config_path) -> tuple[str, str]:
     return f"runs/reproduce{suffix}", f"docs/results/reproduce{suffix}_runs"
 
 
-def twice_decay(decay, factor: int = 2) -> str:
+def twice_decay(decay, factor: float = 2) -> str:
     """The LR decay epochs of a run twice (``factor`` times) as long, as a
     ``train.lr_decay_epochs`` override value."""
     return "[" + ",".join(f"{factor * e:g}" for e in decay) + "]"
 
 
-def _format(overrides, out, seed, epochs, decay, steps_per_epoch=None):
-    spe4 = max(1, (steps_per_epoch or 4) // 4)
-    return [o.format(out=out, seed=seed, epochs2=2 * epochs, decay2=twice_decay(decay), epochs4=4 * epochs,
-                     decay4=twice_decay(decay, 4), spe4=spe4) for o in overrides]
+def _format(overrides, out, seed, train):
+    """``overrides`` with their fields filled from ``train``, the config's TrainConfig before its
+    ``epochs_scale`` is applied (``load_config(..., scale=False)``)."""
+    spe4 = max(1, (train.steps_per_epoch or 4) // 4)
+    scale = train.epochs_scale or {}
+    equal = scale.get("teacher", 1) + scale.get("student", 1)
+    return [o.format(out=out, seed=seed, epochs2=2 * train.epochs, decay2=twice_decay(train.lr_decay_epochs),
+                     epochs_equal=f"{train.epochs * equal:g}", decay_equal=twice_decay(train.lr_decay_epochs, equal),
+                     spe4=spe4) for o in overrides]
 
 
 def _eval_key(resolution, branch, low_input, weights="final"):
@@ -522,6 +527,7 @@ class _Plan:
         self._val = None
         self._base = None
         self._configs = {}
+        self._aliases = None
 
     def config_of(self, key):
         """The config of run ``key`` (loaded once per key)."""
@@ -531,11 +537,24 @@ class _Plan:
             run, seed = self.by_name[key]
             common = [f"data.root={self.data_root}"] + self.overrides
             if self._base is None:
-                self._base = load_config(self.config_path, common)
-            extra = _format(run.overrides, self.out, seed, self._base.train.epochs,
-                            self._base.train.lr_decay_epochs, self._base.train.steps_per_epoch)
+                self._base = load_config(self.config_path, common, scale=False)
+            extra = _format(run.overrides, self.out, seed, self._base.train)
             self._configs[key] = load_config(self.config_path, common + extra + [f"train.seed={seed}"])
         return copy.deepcopy(self._configs[key])
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """{run: the earlier run of the same config and evaluations}: a run trained once and read
+        under both names (e.g. vanilla_equal is vanilla when ``train.epochs_scale`` gives vanilla
+        the teacher's + student's epochs)."""
+        if self._aliases is None:
+            self._aliases, first = {}, {}
+            for run, seed in self.order:
+                key = f"{run.name}_s{seed}"
+                identity = json.dumps([self.config_of(key).to_dict(), run.evals], sort_keys=True, default=str)
+                self._aliases.update({key: first[identity]} if identity in first else {})
+                first.setdefault(identity, key)
+        return self._aliases
 
     @property
     def val(self):
@@ -584,6 +603,8 @@ class _Plan:
         OUT holds that run trained (or training) with another config."""
         from msad_tf.training import runs
 
+        if key in self.aliases:
+            return self.cached(self.aliases[key])
         run, _ = self.by_name[key]
         self.restore(key)
         if (self.out / key / runs.CONFIG_FILE).is_file():
@@ -647,7 +668,7 @@ class _Plan:
     def save(self, key) -> None:
         import shutil
 
-        if self.keep is None:
+        if self.keep is None or key in self.aliases:
             return
         (self.keep / key).mkdir(parents=True, exist_ok=True)
         for name in ("reproduce_eval.json", "config.yaml", "history.csv", RETRAINED_FILE):
@@ -665,6 +686,8 @@ class _Plan:
             config = self.config_of(key)
             labels[run.name] = (run.label, run.table, config.total_steps(config.train.steps_per_epoch))
             cached = self.cached(key)
+            if cached is None and key in self.aliases:
+                continue
             if cached is None and self.diverged(key):
                 diverged[key] = self.diverged(key)
                 continue
@@ -722,7 +745,7 @@ def _run_parallel(plan: _Plan, jobs: int, progress: bool, report=None) -> None:
     from msad_tf.training.parallel import Task, run_in_processes
 
     keys = [f"{r.name}_s{s}" for r, s in plan.order]
-    pending = [k for k in keys if plan.cached(k) is None and not plan.diverged(k)]
+    pending = [k for k in keys if k not in plan.aliases and plan.cached(k) is None and not plan.diverged(k)]
     for key in list(pending):
         teacher = plan.teacher(key)
         if teacher and teacher not in pending and not plan.has_weights(teacher):
@@ -748,10 +771,11 @@ def _cached_rows(run_dir: Path, evals, low_input) -> dict | None:
     return {name: cache[k] for name, k in keys.items()}
 
 
-#: (run, its twin at twice the steps) pairs whose AP shows whether the budget is a plateau;
-#: vanilla's twin is the equal-total-training control (vanilla at the teacher's + student's steps).
-PLATEAU_PAIRS = (("single", "single_2x"), ("vanilla", "vanilla_equal"), ("teacher", "teacher_2x"),
-                 ("student", "student_2x"), ("single_2x", "single_4x"), ("vanilla_equal", "vanilla_4x"))
+#: (run, its twin at twice the steps) pairs whose AP shows whether the budget is a plateau. Vanilla's
+#: twin is the equal-total-training control when that trains twice vanilla's steps (3 seeds; no
+#: ``train.epochs_scale``), else vanilla_2x (seed 0).
+PLATEAU_PAIRS = (("single", "single_2x"), ("vanilla", "vanilla_equal"), ("vanilla", "vanilla_2x"),
+                 ("teacher", "teacher_2x"), ("student", "student_2x"), ("student_no_kd", "student_no_kd_2x"))
 
 
 def plateau_check(rows, labels, seeds) -> list[dict]:
@@ -759,11 +783,12 @@ def plateau_check(rows, labels, seeds) -> list[dict]:
     change and whether it is within the demo's 10% (``msad_tf.demo.plateau_rows``)."""
     from msad_tf.demo import plateau_rows
 
-    out = []
+    out, done = [], set()
     for name, twin in PLATEAU_PAIRS:
         both = [s for s in seeds if (name, s) in rows and (twin, s) in rows]
-        if not both:
+        if not both or name in done or labels[twin][2] != 2 * labels[name][2]:
             continue
+        done.add(name)
         keys = [k for k in rows[(name, both[0])] if k in rows[(twin, both[0])]]
         mean = lambda run, key: {"AP": float(np.mean([rows[(run, s)][key]["AP"] for s in both]))}  # noqa: E731
         row_name = {k: f"{labels[name][0]} {dict(_COLUMNS).get(k, k)}" for k in keys}
@@ -893,7 +918,7 @@ def write_outputs(result, out: Path) -> None:
 
 def plot_curves(result, path) -> None:
     """AP against training steps of the seed-0 core runs (epoch checkpoints), with the twins of
-    ``PLATEAU_PAIRS`` (2x and 4x the steps) as stars."""
+    ``PLATEAU_PAIRS`` (2x the steps) as stars."""
     curves = result.get("curves") or {}
     if not curves:
         return
@@ -915,7 +940,7 @@ def plot_curves(result, path) -> None:
                 ax.annotate(f"{name} {key}", (entry["steps"], row["AP"]["values"][0]), fontsize=7)
     ax.set_xlabel("training steps")
     ax.set_ylabel("COCO AP (val)")
-    ax.set_title("AP against steps (epoch checkpoints, seed 0); stars: runs at 2x and 4x the budget")
+    ax.set_title("AP against steps (epoch checkpoints, seed 0); stars: runs at twice the budget")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -46,14 +46,19 @@ def test_twice_runs_double_the_schedule_and_keep_the_demos_teacher(tmp_path):
     from msad_tf.config import load_config
     from msad_tf.demo import DEMO_RUNS, twice_runs
 
-    config = load_config("configs/demo.yaml")
-    twins = dict((name, overrides) for name, _, overrides, _ in twice_runs(DEMO_RUNS, tmp_path / "demo", config))
+    twins = dict((name, overrides) for name, _, overrides, _ in twice_runs(DEMO_RUNS, tmp_path / "demo",
+                                                                            "configs/demo.yaml"))
     assert set(twins) == {name for name, *_ in DEMO_RUNS}
+    runs = {name: overrides for name, _, overrides, _ in DEMO_RUNS}
+    epochs = set()
     for name, overrides in twins.items():
+        config = load_config("configs/demo.yaml", [o.format(out=tmp_path / "demo") for o in runs[name]])
         twin = load_config("configs/demo.yaml", overrides)
+        epochs.add(config.train.epochs)
         assert twin.train.epochs == 2 * config.train.epochs
         assert twin.train.lr_decay_epochs == [2 * e for e in config.train.lr_decay_epochs]
         assert twin.warmup_steps(100) == 2 * config.warmup_steps(100)
+    assert epochs == {15, 10, 5}  # train.epochs_scale: single-scale and vanilla, the teacher, the students
     assert f"train.teacher_run={tmp_path / 'demo'}/teacher" in twins["student"]
 
 

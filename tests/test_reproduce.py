@@ -134,7 +134,7 @@ def test_leads_and_the_teachers_they_learn_from_run_on_every_seed():
     for lead in reproduce.LEADS:
         assert {f"{lead}_s{seed}" for seed in reproduce.SEEDS} <= names
     assert {"teacher_2x_s1", "teacher_2x_s2"} <= names
-    assert "student_2x_s1" not in names and "single_2x_s1" not in names
+    assert "single_2x_s1" not in names and {"student_2x_s1", "student_no_kd_2x_s2"} <= names
     only = {f"{run.name}_s{seed}" for run, seed in reproduce.all_runs(runs=["student_mse_from_teacher_2x"])}
     assert only == {f"{n}_s{s}" for n in ("teacher_2x", "student_mse_from_teacher_2x") for s in reproduce.SEEDS}
     for baseline in {b for _, baselines in reproduce.LEADS.values() for b in baselines}:
@@ -409,21 +409,32 @@ def test_the_plateau_check_pairs_each_run_with_its_twin_by_seed():
     assert "1 of 2 rows within 10%" in report
 
 
-def test_the_four_times_twins_train_four_times_the_steps_and_pair_with_the_2x_runs(tiny_data, tmp_path):
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_per_mode_budgets_give_twins_twice_each_budget_and_vanilla_the_equal_steps(tiny_data, tmp_path, scaled):
+    """With train.epochs_scale each 2x twin trains twice its own run's epochs, and the equal-
+    training control trains the teacher's + student's epochs; when that is vanilla's own budget
+    the control is an alias of vanilla (trained once, read under both names). Without a scale
+    the control is vanilla at 2x, and vanilla_2x its alias."""
     from conftest import write_tiny_yaml
 
     path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=2, lr_decay_epochs=(1.5,))
-    plan = reproduce._Plan(str(path), tmp_path / "out", str(tiny_data), [], (0,), False, True, False, None, False)
-    for name, mode, factor in (("single", "single", 1), ("single_2x", "single", 2), ("single_4x", "single", 4),
-                               ("vanilla_equal", "vanilla_multiscale", 2), ("vanilla_4x", "vanilla_multiscale", 4)):
+    overrides = ["train.epochs_scale={single: 1.5, vanilla_multiscale: 1.5, student: 0.5}"] if scaled else []
+    plan = reproduce._Plan(str(path), tmp_path / "out", str(tiny_data), overrides, (0,), False, True, False, None,
+                           False)
+    epochs = {"single": 3, "vanilla": 3, "teacher": 2, "student": 1, "vanilla_equal": 3} if scaled else \
+        {"single": 2, "vanilla": 2, "teacher": 2, "student": 2, "vanilla_equal": 4}
+    for name, value in epochs.items():
         config = plan.config_of(f"{name}_s0")
-        assert (config.train.mode, config.train.epochs, list(config.train.lr_decay_epochs)) == (
-            mode, 2 * factor, [1.5 * factor])
-    rows = {(name, 0): {"low/-": {"AP": ap}} for name, ap in
-            (("single_2x", 20.0), ("single_4x", 21.0), ("vanilla_equal", 30.0), ("vanilla_4x", 34.0))}
-    labels = {name: (name, "plateau", steps) for name, steps in
-              (("single_2x", 200), ("single_4x", 400), ("vanilla_equal", 200), ("vanilla_4x", 400))}
+        assert (config.train.epochs, config.train.lr_decay_epochs, config.train.epochs_scale) == (
+            value, [1.5 * value / 2], {}), name
+    for name in ("single", "vanilla", "teacher", "student"):
+        assert plan.config_of(f"{name}_2x_s0").train.epochs == 2 * epochs[name]
+    assert plan.aliases == ({"vanilla_equal_s0": "vanilla_s0"} if scaled else {"vanilla_2x_s0": "vanilla_equal_s0"})
+    rows = {("vanilla", 0): {"low/-": {"AP": 20.0}}, ("vanilla_equal", 0): {"low/-": {"AP": 20.0 if scaled else 21.0}},
+            ("vanilla_2x", 0): {"low/-": {"AP": 21.0}}}
+    labels = {name: (name, "1", plan.config_of(f"{name}_s0").total_steps(2)) for name in ("vanilla", "vanilla_equal",
+                                                                                           "vanilla_2x")}
     check = reproduce.plateau_check(rows, labels, (0,))
-    assert [(r["run"], r["twin"], r["steps"], r["steps_2x"], r["plateau"]) for r in check] == [
-        ("single_2x", "single_4x", 200, 400, True), ("vanilla_equal", "vanilla_4x", 200, 400, False)]
-    assert check[1]["change"] == pytest.approx(4 / 30)
+    assert [(r["run"], r["twin"], r["AP_2x"]) for r in check] == [
+        ("vanilla", "vanilla_2x" if scaled else "vanilla_equal", 21.0)]
