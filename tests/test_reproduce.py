@@ -209,17 +209,23 @@ def test_tiny_reproduction_resumes(tiny_data, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_parallel_reproduction_trains_each_run_once_after_its_teacher(tiny_data, tmp_path, monkeypatch):
     """jobs=2: every core run is trained in its own process (its log in OUT), each student
-    after its teacher's weights exist, and a second call with jobs=1 reuses all of them."""
+    after its teacher's weights exist, and a second call with jobs=1 reuses all of them. With
+    train.epochs_scale giving vanilla the teacher's + student's epochs, the equal-training
+    control is vanilla itself: never trained, its rows vanilla's."""
     from conftest import write_tiny_yaml
 
-    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
+    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=2, lr_decay_epochs=(1.5,))
+    scale = ["train.epochs_scale={vanilla_multiscale: 1.5, student: 0.5}"]
     out = tmp_path / "out"
-    first = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0,), variants=False, plateau=False, extensions=False,
-                                    progress=False, keep=None, jobs=2)
+    first = reproduce.run_reproduce(path, out, str(tiny_data), scale, seeds=(0,), variants=False, plateau=False,
+                                    extensions=False, progress=False, keep=None, jobs=2)
     names = [run.name for run in reproduce.CORE]
     assert set(first["table"]) == set(names)
-    for name in names:
+    for name in set(names) - {"vanilla_equal"}:
         assert (out / f"{name}_s0.log").is_file() and (out / f"{name}_s0" / "model.weights.h5").is_file()
+    assert not (out / "vanilla_equal_s0").exists() and not (out / "vanilla_equal_s0.log").exists()
+    assert json.dumps(first["table"]["vanilla_equal"]["rows"]) == json.dumps(first["table"]["vanilla"]["rows"])
+    assert first["table"]["vanilla_equal"]["steps"] == first["table"]["vanilla"]["steps"] == 6
     teacher_done = (out / "teacher_s0" / "model.weights.h5").stat().st_mtime
     for student in ("student_s0", "student_no_kd_s0"):
         assert (out / student / "config.yaml").stat().st_mtime >= teacher_done
@@ -229,8 +235,8 @@ def test_parallel_reproduction_trains_each_run_once_after_its_teacher(tiny_data,
 
     monkeypatch.setattr("msad_tf.training.train.train", fail)
     monkeypatch.setattr("msad_tf.evaluation.evaluator.evaluate_model", fail)
-    second = reproduce.run_reproduce(path, out, str(tiny_data), seeds=(0,), variants=False, plateau=False, extensions=False,
-                                     progress=False, keep=None)
+    second = reproduce.run_reproduce(path, out, str(tiny_data), scale, seeds=(0,), variants=False, plateau=False,
+                                     extensions=False, progress=False, keep=None)
     assert json.dumps(second["table"], sort_keys=True) == json.dumps(first["table"], sort_keys=True)
 
 
