@@ -26,9 +26,9 @@ test-slow: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/msad benchmark train
 
-# the paper's Tables 1, 2a-c, 3a, 4 and the two controls at the demo's model and budget, 3 seeds
-# and the leads (mse, fgfi, podnet) on 3 seeds: 45 runs, about 2 h 20 min on 2 cores; resumable;
-# runs/reproduce_demo, kept in docs/results/reproduce_demo_runs (docs/RESULTS.md, session 13)
+# the paper's Tables 1, 2a-c, 3a, 4 and the two controls at the demo's model and budgets, 3 seeds
+# and the leads (mse, fgfi, podnet) on 3 seeds: 45 runs (42 trained), about 1 h 50 min on 2 cores;
+# resumable; runs/reproduce_demo, kept in docs/results/reproduce_demo_runs (docs/RESULTS.md, session 14)
 reproduce: $(STAMP)
 	$(BIN)/msad reproduce --config configs/demo.yaml --tables 1 2 2c 3a 4 controls
 
