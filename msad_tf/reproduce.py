@@ -479,8 +479,8 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     """Train (or reuse) every run, evaluate, and write OUT/reproduce.{json,md} and the plots.
 
     ``keep``: a directory (kept in the repository) where each finished run's evaluations
-    (reproduce_eval.json, incl. the epoch-checkpoint curve), config.yaml and history.csv are
-    copied; a run found there is not trained again, so a reproduction continues across
+    (reproduce_eval.json, incl. the epoch-checkpoint curve), config.yaml, history.csv and
+    metrics.json (with the package versions) are copied; a run found there is not trained again, so a reproduction continues across
     machines without its weights (a student whose teacher's weights are gone retrains the
     teacher first). None: OUT only.
     ``jobs``: runs trained at once, each in its own process (its log in OUT/<run>.log); on a
@@ -671,7 +671,7 @@ class _Plan:
         if self.keep is None or key in self.aliases:
             return
         (self.keep / key).mkdir(parents=True, exist_ok=True)
-        for name in ("reproduce_eval.json", "config.yaml", "history.csv", RETRAINED_FILE):
+        for name in ("reproduce_eval.json", "config.yaml", "history.csv", "metrics.json", RETRAINED_FILE):
             if (self.out / key / name).is_file():
                 shutil.copy(self.out / key / name, self.keep / key / name)
 
