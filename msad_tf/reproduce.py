@@ -479,8 +479,8 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
     """Train (or reuse) every run, evaluate, and write OUT/reproduce.{json,md} and the plots.
 
     ``keep``: a directory (kept in the repository) where each finished run's evaluations
-    (reproduce_eval.json, incl. the epoch-checkpoint curve), config.yaml and history.csv are
-    copied; a run found there is not trained again, so a reproduction continues across
+    (reproduce_eval.json, incl. the epoch-checkpoint curve), config.yaml, history.csv and
+    metrics.json (with the package versions) are copied; a run found there is not trained again, so a reproduction continues across
     machines without its weights (a student whose teacher's weights are gone retrains the
     teacher first). None: OUT only.
     ``jobs``: runs trained at once, each in its own process (its log in OUT/<run>.log); on a
@@ -495,7 +495,7 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base_config = load_config(config_path, [f"data.root={data_root}"] + list(overrides or []))
+    base_config = load_config(config_path, [f"data.root={data_root}"] + list(overrides or []), scale=False)
     if not Path(data_root, "annotations", "instances_val.json").is_file():
         print(f"== generating the embedded dataset in {data_root} ({DATASET})")
         make_synthetic_dataset(data_root, **DATASET)
@@ -671,7 +671,7 @@ class _Plan:
         if self.keep is None or key in self.aliases:
             return
         (self.keep / key).mkdir(parents=True, exist_ok=True)
-        for name in ("reproduce_eval.json", "config.yaml", "history.csv", RETRAINED_FILE):
+        for name in ("reproduce_eval.json", "config.yaml", "history.csv", "metrics.json", RETRAINED_FILE):
             if (self.out / key / name).is_file():
                 shutil.copy(self.out / key / name, self.keep / key / name)
 
@@ -816,7 +816,7 @@ def summarize(rows, labels, seeds, curves, config, seconds) -> dict:
             }
     return {
         "budget": {"steps_per_run": config.total_steps(config.train.steps_per_epoch),
-                   "batch_size": config.train.batch_size, "H": config.data.short_side,
+                   "steps_scale": dict(config.train.epochs_scale or {}), "batch_size": config.train.batch_size, "H": config.data.short_side,
                    "L": config.data.short_side // config.model.k, "low_input": config.eval.low_input},
         "seeds": list(seeds),
         "table": table,
@@ -854,7 +854,9 @@ def _cell(row):
 
 def format_report(result) -> str:
     b = result["budget"]
-    lines = [f"msad reproduce: {b['steps_per_run']} steps per run (2x runs: twice), batch {b['batch_size']}, "
+    scale = ", ".join(f"{mode} x{factor:g}" for mode, factor in (b.get("steps_scale") or {}).items())
+    lines = [f"msad reproduce: {b['steps_per_run']} steps per run{f' ({scale})' if scale else ''} "
+             f"(2x runs: twice), batch {b['batch_size']}, "
              f"H = {b['H']} px, L = {b['L']} px ({b['low_input']}), seeds {result['seeds']}; "
              "COCO AP on val, mean ± std over seeds", ""]
     for tab, title in TABLES:

@@ -10,7 +10,7 @@ TINY = [
     "model.backbone=resnet_tiny", "model.width=0.25", "model.backbone_weights=resnet_tiny_w0.25_synth",
     "model.fpn_channels=16", "model.head_convs=1",
     "model.gn_groups=4", "model.size_ranges=[[0,8],[8,16],[16,32],[32,64],[64,100000]]",
-    "data.short_side=128", "data.max_side=128", "train.batch_size=4", "train.epochs=1",
+    "data.short_side=128", "data.max_side=128", "train.batch_size=4", "train.epochs=1", "train.epochs_scale=null",
     "train.steps_per_epoch=2", "train.warmup_steps=1", "eval.batch_size=8", "train.eval_every=1",
 ]
 

@@ -110,6 +110,11 @@ def test_training_over_bad_files_completes_and_reports_skips(bad_run):
     assert data["flagged"] == {} and data["adjusted"] == {}
     assert (run / "model.weights.h5").is_file()
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 1
+    import keras
+    import tensorflow as tf
+
+    environment = json.loads((run / "metrics.json").read_text())["environment"]
+    assert (environment["tensorflow"], environment["keras"]) == (tf.__version__, keras.__version__)
     summary = [m for m in messages if "skipped:" in m]
     assert len(summary) == 1
     for reason, count in EXPECTED_SKIPS.items():

@@ -444,3 +444,8 @@ def test_per_mode_budgets_give_twins_twice_each_budget_and_vanilla_the_equal_ste
     check = reproduce.plateau_check(rows, labels, (0,))
     assert [(r["run"], r["twin"], r["AP_2x"]) for r in check] == [
         ("vanilla", "vanilla_2x" if scaled else "vanilla_equal", 21.0)]
+    budget = {"steps_per_run": 4, "steps_scale": dict(plan._base.train.epochs_scale), "batch_size": 2, "H": 64,
+              "L": 32, "low_input": "subsample"}
+    report = reproduce.format_report({"budget": budget, "seeds": [0], "table": {}, "claims": [], "plateau": check})
+    assert report.startswith("msad reproduce: 4 steps per run (single x1.5, vanilla_multiscale x1.5, student x0.5) "
+                             if scaled else "msad reproduce: 4 steps per run (2x runs: twice)")

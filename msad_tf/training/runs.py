@@ -158,7 +158,8 @@ def is_finished(run_dir: str | Path, config: Config) -> bool:
 def record_train_data(run_dir: str | Path, dataset) -> None:
     """Before training into ``run_dir``: refuse a run directory that holds a model trained on
     other categories, then write categories.json and ``dataset.summary()`` (images, boxes,
-    skipped/adjusted/flagged counts) under "data/train" in metrics.json."""
+    skipped/adjusted/flagged counts) under "data/train" in metrics.json, with the package versions
+    under "environment" (``environment()``)."""
     if Path(run_dir, CATEGORIES_FILE).is_file() and has_trained_weights(run_dir):
         check_categories(
             run_dir, dataset,
@@ -168,6 +169,21 @@ def record_train_data(run_dir: str | Path, dataset) -> None:
     write_categories(run_dir, dataset.category_ids, dataset.category_names)
     if hasattr(dataset, "summary"):
         update_metrics(run_dir, "data/train", dataset.summary())
+    update_metrics(run_dir, "environment", environment())
+
+
+def environment() -> dict:
+    """Python, TensorFlow, Keras and numpy versions. Training is deterministic for a config and a
+    seed within one environment; another TensorFlow or Keras release changes the numbers from the
+    first step (docs/RESULTS.md, session 14), so a run records the one it trained in."""
+    import platform
+
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": numpy.__version__}
 
 
 def write_categories(run_dir: str | Path, category_ids, category_names) -> None:
