@@ -480,9 +480,9 @@ def run_reproduce(config_path="configs/reproduce.yaml", out="runs/reproduce", da
 
     ``keep``: a directory (kept in the repository) where each finished run's evaluations
     (reproduce_eval.json, incl. the epoch-checkpoint curve), config.yaml, history.csv and
-    metrics.json (with the package versions) are copied; a run found there is not trained again, so a reproduction continues across
-    machines without its weights (a student whose teacher's weights are gone retrains the
-    teacher first). None: OUT only.
+    metrics.json (with the package versions) are copied; a run found there is not trained
+    again, so a reproduction continues across machines without its weights (a student whose
+    teacher's weights are gone retrains the teacher first). None: OUT only.
     ``jobs``: runs trained at once, each in its own process (its log in OUT/<run>.log); on a
     quiet 2-core machine two processes, each with one inter-op thread (``cpu_threads``), give
     1.2-1.5x the images/s of one (docs/RESULTS.md, session 10). ``report_only``: train nothing, write
@@ -816,8 +816,9 @@ def summarize(rows, labels, seeds, curves, config, seconds) -> dict:
             }
     return {
         "budget": {"steps_per_run": config.total_steps(config.train.steps_per_epoch),
-                   "steps_scale": dict(config.train.epochs_scale or {}), "batch_size": config.train.batch_size, "H": config.data.short_side,
-                   "L": config.data.short_side // config.model.k, "low_input": config.eval.low_input},
+                   "steps_scale": dict(config.train.epochs_scale or {}), "batch_size": config.train.batch_size,
+                   "H": config.data.short_side, "L": config.data.short_side // config.model.k,
+                   "low_input": config.eval.low_input},
         "seeds": list(seeds),
         "table": table,
         "claims": claims_from(rows, seeds),
