@@ -1,9 +1,10 @@
 """Ablation suites on the embedded dataset: the paper's Tables 1-3 at demo scale.
 
-Every run uses the demo config and budget (equal training steps), lives next to the demo's
-runs in OUT (so ``msad ablation --out runs/demo`` reuses the demo's single, vanilla, teacher and
-student runs), and is evaluated with COCOeval at H and/or L. Each suite prints one table and
-writes OUT/ablation_<suite>.{md,json}.
+Every run uses the demo config and its budgets (each mode's ``train.epochs_scale``; the
+``budget`` and ``equal`` suites train the epochs they write), lives next to the demo's runs in
+OUT (so ``msad ablation --out runs/demo`` reuses the demo's single, vanilla, teacher and student
+runs), and is evaluated with COCOeval at H and/or L. Each suite prints one table and writes
+OUT/ablation_<suite>.{md,json}.
 
 Suites
   teacher   aligned multi-scale training and the fused teacher with each fusion variant
