@@ -367,6 +367,8 @@ _JOBS_HELP = ("runs trained at once, each in its own process with its share of t
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from msad_tf.config import TRAIN_MODES
+
     parser = argparse.ArgumentParser(prog="msad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -493,8 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("train", help="tf.data images/s and train-step images/s per mode")
     _add_config_args(b, default_config="configs/demo.yaml")
     b.add_argument("--modes", nargs="+",
-                   default=["single", "vanilla_multiscale", "aligned", "teacher", "student"],
-                   choices=["single", "vanilla_multiscale", "aligned", "teacher", "student"],
+                   default=list(TRAIN_MODES),
+                   choices=list(TRAIN_MODES),
                    help="training modes to time (ratios are against 'single'; student = one "
                         "distillation step with a fusion teacher)")
     b.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")

@@ -121,6 +121,10 @@ class DataConfig:
         return str(Path(self.root) / split)
 
 
+#: What ``train.mode`` can train (``TrainConfig``); ``train.epochs_scale`` is keyed by them.
+TRAIN_MODES = ("single", "vanilla_multiscale", "aligned", "teacher", "student")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and schedule.
@@ -422,7 +426,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{name} {getattr(t, name)} must be >= 0")
     if t.det_weight is not None and t.det_weight < 0:
         raise ConfigError(f"train.det_weight {t.det_weight} must be >= 0 (null: 1 - gamma)")
-    if t.mode not in ("single", "vanilla_multiscale", "aligned", "teacher", "student"):
+    if t.mode not in TRAIN_MODES:
         raise ConfigError(
             f"train.mode '{t.mode}': choose single, vanilla_multiscale, aligned, teacher or student"
         )
@@ -449,12 +453,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.strategy '{t.strategy}': choose default, mirrored or multi_worker")
     if t.batch_size < 1 or t.epochs < 1:
         raise ConfigError("train.batch_size and train.epochs must be positive")
-    modes = ("single", "vanilla_multiscale", "aligned", "teacher", "student")
     if not isinstance(t.epochs_scale or {}, dict):
         raise ConfigError(f"train.epochs_scale {t.epochs_scale!r} must be a mapping mode: factor")
     for mode, factor in (t.epochs_scale or {}).items():
-        if mode not in modes:
-            raise ConfigError(f"train.epochs_scale: unknown mode '{mode}'; valid: {', '.join(modes)}")
+        if mode not in TRAIN_MODES:
+            raise ConfigError(f"train.epochs_scale: unknown mode '{mode}'; valid: {', '.join(TRAIN_MODES)}")
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
             raise ConfigError(f"train.epochs_scale[{mode}] {factor!r} must be a positive number")
     for name in ("clipnorm", "clipvalue"):
