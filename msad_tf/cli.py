@@ -336,10 +336,10 @@ def cmd_benchmark_data(args):
 
 
 def cmd_demo(args):
-    from msad_tf.demo import run_demo
+    from msad_tf.demo import run_demo, select_runs
 
     run_demo(config_path=args.config, out=args.out, data_root=args.data, overrides=args.overrides,
-             force=args.force, jobs=args.jobs, plateau=args.plateau)
+             force=args.force, jobs=args.jobs, plateau=args.plateau, runs_to_do=select_runs(args.runs))
 
 
 def cmd_ablation(args):
@@ -368,6 +368,7 @@ _JOBS_HELP = ("runs trained at once, each in its own process with its share of t
 
 def build_parser() -> argparse.ArgumentParser:
     from msad_tf.config import TRAIN_MODES
+    from msad_tf.demo import DEFAULT_RUNS, DEMO_RUNS
 
     parser = argparse.ArgumentParser(prog="msad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -544,6 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/msad_synth128")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.add_argument("--jobs", type=int, default=2, help=_JOBS_HELP)
+    p.add_argument("--runs", nargs="+", metavar="RUN", default=list(DEFAULT_RUNS),
+                   choices=[r[0] for r in DEMO_RUNS] + ["all"],
+                   help=f"the runs to train and evaluate (default: {' '.join(DEFAULT_RUNS)}: those the claims "
+                        "read; 'all' adds the single-scale baseline, about a third more training time; a student "
+                        "brings its teacher)")
     p.add_argument("--plateau", action="store_true",
                    help="then train every run again at twice its steps (OUT/plateau; students from the demo's own "
                         "teacher) and write OUT/plateau.{json,md}: each row's AP at 1x and 2x, at its plateau when "

@@ -1,9 +1,12 @@
 """The main job on the embedded dataset: the paper's comparison at demo scale.
 
-Generates the synthetic dataset when missing, trains each model of ``DEMO_RUNS`` (each mode with
-its budget from the config's ``train.epochs_scale``), evaluates each at high (H) and low (L = H /
+Generates the synthetic dataset when missing, trains each of its runs (``DEFAULT_RUNS`` unless told:
+vanilla multi-scale, the fusion teacher and its two students; single-scale on request; each mode
+with its budget from the config's ``train.epochs_scale``), evaluates each at high (H) and low (L = H /
 k) resolution with COCOeval, and prints one AP table (also written to OUT/results.json and
-OUT/results.md). Finished runs are reused unless ``force``. When the student is among the runs,
+OUT/results.md). With ``jobs`` > 1 each run is evaluated in its own training process, while the
+other runs train, into the run's evaluation cache (the one ``msad reproduce`` keeps). Finished runs
+are reused unless ``force``. When the student is among the runs,
 the demo ends with its deployment: the student exported at L as a SavedModel and a float TFLite
 model in OUT/export/student (the ``msad export`` layout), and the inference benchmark of the
 student at L against the same network at H (``msad benchmark infer``, shortened), printed and
@@ -27,6 +30,10 @@ DEMO_RUNS = (
     ("student", "MSAD student", ["train.mode=student", "train.teacher_run={out}/teacher"], ("low",)),
 )
 STUDENT_RUN = "student"
+#: The runs ``msad demo`` trains unless told otherwise: those its claims read. Single-scale (the
+#: paper's Table 1 baseline, ``msad demo --runs`` adds it; ``msad reproduce`` trains it on 3 seeds)
+#: would add about a third to the training time and break the 15-minute budget of ``make demo``.
+DEFAULT_RUNS = ("vanilla", "teacher", "student_no_kd", "student")
 # The demo's deployment step stays short (about a minute on 2 cores): float TFLite only, fewer
 # timed calls; `msad benchmark infer` is the thorough version.
 DEMO_EXPORT = {"quantizations": ("none",), "warmup": 3, "repeats": 20, "num_threads": (1, 2)}
@@ -36,24 +43,54 @@ PLATEAU_DIR = "plateau"
 PLATEAU_TOLERANCE = 0.10
 
 
-def _evaluate_rows(label, model, dataset, config, resolutions):
-    """({table row: metrics}, {"resolution/branch": metrics}) of a model."""
-    from msad_tf.evaluation.evaluator import evaluate_model
-    from msad_tf.resolution import branches_for
+def select_runs(names=DEFAULT_RUNS) -> tuple:
+    """The entries of ``DEMO_RUNS`` named in ``names`` ("all": every one), in table order; a
+    student brings its teacher."""
+    known = [run[0] for run in DEMO_RUNS]
+    if "all" in names:
+        return DEMO_RUNS
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown demo run(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+    wanted = set(names)
+    for name, _, run_overrides, _ in DEMO_RUNS:
+        if name in wanted:
+            wanted.update(o.split("{out}/", 1)[1] for o in run_overrides if o.startswith("train.teacher_run={out}/"))
+    return tuple(run for run in DEMO_RUNS if run[0] in wanted)
 
-    rows, keyed = {}, {}
-    for resolution in resolutions:
-        tag = "H" if resolution == "high" else "L"
-        for _, branch in branches_for(model, resolution):
-            if branch == "fused":
-                row = f"{label} (H&L fused)"
-            elif branch in ("high", "low"):
-                row = f"{label}, {branch}-res branch @{tag}"
-            else:
-                row = f"{label} @{tag}"
-            rows[row] = evaluate_model(model, dataset, config, resolution, branch=branch, progress=False)
-            keyed[f"{resolution}/{branch or '-'}"] = rows[row]
+
+def _row_label(label, resolution, branch) -> str:
+    tag = "H" if resolution == "high" else "L"
+    if branch == "fused":
+        return f"{label} (H&L fused)"
+    if branch in ("high", "low"):
+        return f"{label}, {branch}-res branch @{tag}"
+    return f"{label} @{tag}"
+
+
+def evaluate_run(label, run_dir, dataset, resolutions) -> tuple[dict, dict]:
+    """({table row: metrics}, {"resolution/branch": metrics}) of a finished run at ``resolutions``
+    (a teacher: fused and its H branch at H, its L branch at L), from the run's evaluation cache
+    (``msad_tf.reproduce.evaluate_cached``; evaluated into it when missing) and recorded in its
+    metrics.json."""
+    from msad_tf.reproduce import evaluate_cached
+    from msad_tf.resolution import branches_for
+    from msad_tf.training import runs
+
+    _, model, _, _ = runs.load_run(run_dir)
+    evals = [(resolution, branch) for resolution in resolutions for _, branch in branches_for(model, resolution)]
+    keyed = evaluate_cached(Path(run_dir), evals, dataset, model=model)
+    rows = {_row_label(label, r, b): keyed[f"{r}/{b or '-'}"] for r, b in evals}
+    for row, metrics in rows.items():
+        runs.update_metrics(run_dir, row, metrics)
     return rows, keyed
+
+
+def _forget_evaluations(run_dir: Path) -> None:
+    """Before a run (re)trains: its cached evaluations are of weights about to be replaced."""
+    from msad_tf.reproduce import EVAL_CACHE
+
+    (Path(run_dir) / EVAL_CACHE).unlink(missing_ok=True)
 
 
 def demo_claims(by_run: dict) -> list[dict]:
@@ -92,10 +129,16 @@ def _values(values) -> str:
     return " / ".join(str(v) for v in sorted(values))
 
 
-def _train_run(config_path, overrides, run_dir) -> None:
-    from msad_tf.training.train import train
+def _train_run(config_path, overrides, run_dir, label=None, resolutions=()) -> None:
+    """Trains one run, then evaluates it at ``resolutions`` into its evaluation cache: in a
+    process of its own (``jobs`` > 1) the evaluation overlaps the other runs' training."""
+    from msad_tf.training.train import load_split, train
 
-    train(load_config(config_path, overrides), run_dir, progress=False)
+    config = load_config(config_path, overrides)
+    _forget_evaluations(run_dir)
+    train(config, run_dir, progress=False)
+    if resolutions:
+        evaluate_run(label, run_dir, load_split(config, config.data.val_split), resolutions)
 
 
 def _reusable(run_dir: Path, config) -> bool:
@@ -129,7 +172,7 @@ def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, j
     from msad_tf.training.parallel import Task, run_in_processes
 
     tasks, without_kd = [], set()
-    for name, label, run_overrides, _ in runs_to_do:
+    for name, label, run_overrides, resolutions in runs_to_do:
         run_dir = out / name
         overrides = base + [o.format(out=out) for o in run_overrides]
         config = load_config(config_path, overrides)
@@ -140,7 +183,8 @@ def _train_in_processes(config_path, base, runs_to_do, out: Path, force: bool, j
         teacher = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("train.teacher_run=")), None)
         ready = (lambda path: lambda: path is None or (path / runs.WEIGHTS_FILE).is_file())(teacher)
         trained_here = teacher is not None and teacher.parent == out
-        tasks.append(Task(name, _train_run, (str(config_path), overrides, run_dir), log=out / f"{name}.log",
+        tasks.append(Task(name, _train_run, (str(config_path), overrides, run_dir, label, resolutions),
+                          log=out / f"{name}.log",
                           needs=teacher.name if trained_here else None, ready=ready))
         if force and run_dir.exists():
             (run_dir / runs.WEIGHTS_FILE).unlink(missing_ok=True)
@@ -196,10 +240,10 @@ def format_plateau(rows: list[dict], steps: str, tolerance: float = PLATEAU_TOLE
 
 
 def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/msad_synth128",
-             overrides=None, force=False, runs_to_do=DEMO_RUNS, results_name="results", title=None,
+             overrides=None, force=False, runs_to_do=None, results_name="results", title=None,
              export_student: bool = True, jobs: int = 1, plateau: bool = False):
-    """Trains (or reuses) and evaluates ``runs_to_do``; prints and writes the AP table to
-    OUT/<results_name>.{json,md}. ``export_student``: when a run named ``student`` is among
+    """Trains (or reuses) and evaluates ``runs_to_do`` (default ``select_runs()``); prints and
+    writes the AP table to OUT/<results_name>.{json,md}. ``export_student``: when a run named ``student`` is among
     them, end with its export and inference benchmark (``export_and_benchmark``). ``jobs``:
     runs trained at once, each in its own process with its log in OUT/<run>.log
     (``msad_tf.training.parallel``). ``plateau``: then train each run's twin at twice the steps
@@ -207,10 +251,10 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
     (``plateau_rows``). Returns {row: metrics}."""
     from msad_tf.data.synthetic import make_synthetic_dataset
     from msad_tf.reproduce import DATASET
-    from msad_tf.training import runs
     from msad_tf.training.train import load_split, train
 
     start = time.time()
+    runs_to_do = select_runs() if runs_to_do is None else runs_to_do
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not Path(data_root, "annotations", "instances_val.json").is_file():
@@ -235,15 +279,13 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
             print(f"== training {label} ({config.train.epochs} epochs x {config.train.steps_per_epoch} steps)",
                   flush=True)
             t = time.time()
+            _forget_evaluations(run_dir)
             train(config, run_dir, progress=False)
             timings[name] = time.time() - t
-        _, model, _, _ = runs.load_run(run_dir)
         if val is None:
             val = load_split(config, config.data.val_split)
-        print(f"== evaluating {label}", flush=True)
-        rows, by_run[name] = _evaluate_rows(label, model, val, config, resolutions)
-        for row, metrics in rows.items():
-            runs.update_metrics(run_dir, row, metrics)
+        print(f"== evaluating {label} (rows cached by its training process are read)", flush=True)
+        rows, by_run[name] = evaluate_run(label, run_dir, val, resolutions)
         table.update(rows)
     text = format_table(table, title=(title or "COCO metrics") + f" on {data_root} (val), "
                         f"H = {config.data.short_side}px, L = {_values(low_sides)}px, "

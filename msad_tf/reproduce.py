@@ -287,18 +287,23 @@ def _format(overrides, out, seed, train):
                      spe4=spe4) for o in overrides]
 
 
+#: A run's evaluation cache: {"<weights>/<resolution>/<branch>/<low_input>": metrics}.
+EVAL_CACHE = "reproduce_eval.json"
+
+
 def _eval_key(resolution, branch, low_input, weights="final"):
     return f"{weights}/{resolution}/{branch or '-'}/{low_input}"
 
 
-def _evaluate(run_dir: Path, evals, val, weights=None, tag="final") -> dict:
-    """{"resolution/branch": metrics} of a run (cached in RUN/reproduce_eval.json)."""
+def evaluate_cached(run_dir: Path, evals, val, weights=None, tag="final", model=None) -> dict:
+    """{"resolution/branch": metrics} of a run: ``evals`` are (resolution, branch) pairs, each
+    evaluated once and cached in RUN/EVAL_CACHE (the demo's runs share it). ``model``: the run
+    already loaded with these weights (loaded here only when a row is missing)."""
     from msad_tf.evaluation.evaluator import evaluate_model
     from msad_tf.training import runs
 
-    cache_path = run_dir / "reproduce_eval.json"
+    cache_path = run_dir / EVAL_CACHE
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    model = None
     config = runs.load_config(run_dir / runs.CONFIG_FILE)
     result = {}
     for resolution, branch in evals:
@@ -318,7 +323,7 @@ def _curve(run_dir: Path, evals, val, steps_per_epoch: int, cached_only: bool = 
     the epochs whose every row is cached (another process may be evaluating the rest)."""
     epochs = {} if cached_only else {int(p.name.split("_")[1].split(".")[0]): p
                                      for p in (run_dir / "checkpoints").glob("epoch_*.weights.h5")}
-    path = run_dir / "reproduce_eval.json"
+    path = run_dir / EVAL_CACHE
     cache = json.loads(path.read_text()) if path.is_file() else {}
     for key in cache:
         if key.startswith("epoch"):
@@ -331,7 +336,7 @@ def _curve(run_dir: Path, evals, val, steps_per_epoch: int, cached_only: bool = 
                   if all(_eval_key(r, b, low_input, f"epoch{e:03d}") in cache for r, b in evals)}
     points = []
     for epoch in sorted(epochs):
-        metrics = _evaluate(run_dir, evals, val, weights=epochs[epoch], tag=f"epoch{epoch:03d}")
+        metrics = evaluate_cached(run_dir, evals, val, weights=epochs[epoch], tag=f"epoch{epoch:03d}")
         points.append({"step": epoch * steps_per_epoch, **{k: v["AP"] for k, v in metrics.items()}})
     return points
 
@@ -588,8 +593,8 @@ class _Plan:
         from msad_tf.training import runs
 
         kept, run_dir = (self.keep / key if self.keep else None), self.out / key
-        if kept is not None and (kept / "reproduce_eval.json").is_file() \
-                and not (run_dir / "reproduce_eval.json").is_file() and not (run_dir / RETRAINED_FILE).is_file():
+        if kept is not None and (kept / EVAL_CACHE).is_file() \
+                and not (run_dir / EVAL_CACHE).is_file() and not (run_dir / RETRAINED_FILE).is_file():
             if (kept / runs.CONFIG_FILE).is_file():
                 runs.require_same_config(kept, self.config_of(key), "the kept evaluations of a run",
                                          "give this config its own --keep directory (the default follows the "
@@ -641,11 +646,11 @@ class _Plan:
         """A kept run trained again (its weights were gone and a student needs them): its
         cached rows are of the old weights, so they are set aside (RETRAINED_FILE, kept too)
         and the new weights evaluated, so that the report shows the teacher that taught."""
-        cache = self.out / key / "reproduce_eval.json"
+        cache = self.out / key / EVAL_CACHE
         if cache.is_file():
             cache.replace(cache.with_name(RETRAINED_FILE))
             run, _ = self.by_name[key]
-            _evaluate(self.out / key, run.evals, self.val)
+            evaluate_cached(self.out / key, run.evals, self.val)
             self.save(key)
 
     def produce(self, key, progress=False, start=None) -> dict:
@@ -661,7 +666,7 @@ class _Plan:
             raise
         if self.wants_curve(key):
             _curve(self.out / key, run.evals, self.val, self.config_of(key).train.steps_per_epoch)
-        rows = _evaluate(self.out / key, run.evals, self.val)
+        rows = evaluate_cached(self.out / key, run.evals, self.val)
         self.save(key)
         return rows
 
@@ -671,7 +676,7 @@ class _Plan:
         if self.keep is None or key in self.aliases:
             return
         (self.keep / key).mkdir(parents=True, exist_ok=True)
-        for name in ("reproduce_eval.json", "config.yaml", "history.csv", "metrics.json", RETRAINED_FILE):
+        for name in (EVAL_CACHE, "config.yaml", "history.csv", "metrics.json", RETRAINED_FILE):
             if (self.out / key / name).is_file():
                 shutil.copy(self.out / key / name, self.keep / key / name)
 
@@ -761,7 +766,7 @@ def _run_parallel(plan: _Plan, jobs: int, progress: bool, report=None) -> None:
 
 def _cached_rows(run_dir: Path, evals, low_input) -> dict | None:
     """Final-weights rows of a run from its evaluation cache, or None when any is missing."""
-    path = run_dir / "reproduce_eval.json"
+    path = run_dir / EVAL_CACHE
     if not path.is_file():
         return None
     cache = json.loads(path.read_text())

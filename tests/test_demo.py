@@ -6,20 +6,73 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_trains_its_runs_in_parallel_processes(tiny_data, tmp_path):
+    """The default runs (no single-scale), two at a time; each evaluated in its own process
+    while the others train: the teacher's rows are cached before its students finish."""
     from conftest import write_tiny_yaml
-    from msad_tf.demo import DEMO_RUNS, run_demo
+    from msad_tf.demo import DEFAULT_RUNS, run_demo
+    from msad_tf.reproduce import EVAL_CACHE
 
     path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
     out = tmp_path / "demo"
     table = run_demo(path, out, str(tiny_data), export_student=False, jobs=2)
-    assert "MSAD student @L" in table and "single-scale @H" in table
+    assert "MSAD student @L" in table and "vanilla multi-scale @L" in table and "single-scale @H" not in table
+    assert not (out / "single").exists()
     teacher_done = (out / "teacher" / "model.weights.h5").stat().st_mtime
-    for name, *_ in DEMO_RUNS:
+    for name in DEFAULT_RUNS:
         assert (out / f"{name}.log").is_file() and (out / name / "model.weights.h5").is_file()
+        assert (out / name / EVAL_CACHE).is_file()
     for student in ("student", "student_no_kd"):
         assert (out / student / "config.yaml").stat().st_mtime >= teacher_done
+    assert (out / "teacher" / EVAL_CACHE).stat().st_mtime < (out / "student" / "model.weights.h5").stat().st_mtime
     saved = json.loads((out / "results.json").read_text())
-    assert set(saved["train_seconds"]) == {name for name, *_ in DEMO_RUNS}
+    assert set(saved["train_seconds"]) == set(DEFAULT_RUNS)
+
+
+def test_demo_runs_default_to_those_the_claims_read_and_a_student_brings_its_teacher():
+    from msad_tf.cli import build_parser
+    from msad_tf.demo import DEFAULT_RUNS, DEMO_RUNS, select_runs
+
+    names = lambda runs: [run[0] for run in runs]  # noqa: E731
+    assert names(select_runs()) == ["vanilla", "teacher", "student_no_kd", "student"] == list(DEFAULT_RUNS)
+    assert select_runs(["all"]) == DEMO_RUNS and names(DEMO_RUNS)[0] == "single"
+    assert names(select_runs(["student"])) == ["teacher", "student"]
+    assert names(select_runs(["student_no_kd", "single"])) == ["single", "teacher", "student_no_kd"]
+    with pytest.raises(ValueError, match="unknown demo run.*aligned"):
+        select_runs(["aligned"])
+    assert build_parser().parse_args(["demo"]).runs == list(DEFAULT_RUNS)
+    assert build_parser().parse_args(["demo", "--runs", "all"]).runs == ["all"]
+
+
+def test_a_demo_run_is_evaluated_once_into_its_cache_until_it_trains_again(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from msad_tf import demo
+    from msad_tf.config import load_config
+    from msad_tf.evaluation import evaluator
+    from msad_tf.training import runs
+
+    run = tmp_path / "teacher"
+    run.mkdir()
+    load_config(None, []).save(run / runs.CONFIG_FILE)
+    monkeypatch.setattr(runs, "load_run", lambda run_dir, weights=None: (None, SimpleNamespace(multi_branch=True),
+                                                                          None, None))
+    calls = []
+
+    def evaluate_model(model, dataset, config, resolution, branch=None, progress=True):
+        calls.append((resolution, branch))
+        return {"AP": float(len(calls))}
+
+    monkeypatch.setattr(evaluator, "evaluate_model", evaluate_model)
+    rows, keyed = demo.evaluate_run("fusion teacher", run, None, ("high", "low"))
+    assert calls == [("high", "fused"), ("high", "high"), ("low", "low")]
+    assert rows == {"fusion teacher (H&L fused)": {"AP": 1.0}, "fusion teacher, high-res branch @H": {"AP": 2.0},
+                    "fusion teacher, low-res branch @L": {"AP": 3.0}}
+    assert keyed == {"high/fused": {"AP": 1.0}, "high/high": {"AP": 2.0}, "low/low": {"AP": 3.0}}
+    assert demo.evaluate_run("fusion teacher", run, None, ("high", "low")) == (rows, keyed) and len(calls) == 3
+    assert json.loads((run / runs.METRICS_FILE).read_text())["fusion teacher, low-res branch @L"] == {"AP": 3.0}
+    demo._forget_evaluations(run)
+    assert demo.evaluate_run("fusion teacher", run, None, ("low",))[0] == {"fusion teacher, low-res branch @L":
+                                                                          {"AP": 4.0}}
 
 
 def test_a_demo_run_of_another_config_is_moved_aside_and_retrained(tmp_path):

@@ -329,7 +329,7 @@ def test_a_kept_run_trained_again_is_evaluated_again(tiny_data, tmp_path, monkey
         evaluated.append((run_dir.name, tuple(evals)))
         (run_dir / "reproduce_eval.json").write_text(json.dumps({"new": 2.0}))
 
-    monkeypatch.setattr(reproduce, "_evaluate", evaluate)
+    monkeypatch.setattr(reproduce, "evaluate_cached", evaluate)
     plan.ensure_weights("teacher_s0")
     assert trained == ["teacher_s0"]
     assert evaluated == [("teacher_s0", (("high", "fused"), ("high", "high"), ("low", "low")))]
