@@ -428,7 +428,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.det_weight {t.det_weight} must be >= 0 (null: 1 - gamma)")
     if t.mode not in TRAIN_MODES:
         raise ConfigError(
-            f"train.mode '{t.mode}': choose single, vanilla_multiscale, aligned, teacher or student"
+            f"train.mode '{t.mode}': choose one of {', '.join(TRAIN_MODES)}"
         )
     if t.student_input not in ("low", "high"):
         raise ConfigError(f"train.student_input '{t.student_input}': choose low (MSAD) or high (same resolution)")

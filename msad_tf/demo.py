@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from msad_tf.config import load_config
-from msad_tf.evaluation.coco_eval import format_table
 
 DEMO_RUNS = (
     ("single", "single-scale", ["train.mode=single"], ("high", "low")),
@@ -250,8 +249,9 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
     in OUT/plateau (``twice_runs``) and write their comparison to OUT/plateau.{json,md}
     (``plateau_rows``). Returns {row: metrics}."""
     from msad_tf.data.synthetic import make_synthetic_dataset
+    from msad_tf.evaluation.coco_eval import format_table
     from msad_tf.reproduce import DATASET
-    from msad_tf.training.train import load_split, train
+    from msad_tf.training.train import load_split
 
     start = time.time()
     runs_to_do = select_runs() if runs_to_do is None else runs_to_do
@@ -271,7 +271,8 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
         timings = _train_in_processes(config_path, base, runs_to_do, out, force, jobs)
         force = False
     for name, label, run_overrides, resolutions in runs_to_do:
-        config = load_config(config_path, base + [o.format(out=out) for o in run_overrides])
+        run_overrides = base + [o.format(out=out) for o in run_overrides]
+        config = load_config(config_path, run_overrides)
         run_dir = out / name
         steps.add(config.train.epochs * config.train.steps_per_epoch)
         low_sides.add(config.low_resolution()[0])
@@ -279,8 +280,7 @@ def run_demo(config_path="configs/demo.yaml", out="runs/demo", data_root="data/m
             print(f"== training {label} ({config.train.epochs} epochs x {config.train.steps_per_epoch} steps)",
                   flush=True)
             t = time.time()
-            _forget_evaluations(run_dir)
-            train(config, run_dir, progress=False)
+            _train_run(config_path, run_overrides, run_dir)
             timings[name] = time.time() - t
         if val is None:
             val = load_split(config, config.data.val_split)

@@ -28,6 +28,30 @@ def test_demo_trains_its_runs_in_parallel_processes(tiny_data, tmp_path):
     assert set(saved["train_seconds"]) == set(DEFAULT_RUNS)
 
 
+def test_demo_in_one_process_trains_evaluates_into_the_cache_and_retrains_on_force(tiny_data, tmp_path):
+    """jobs=1: each run trains in this process (``_train_run``), its rows cached; ``force``
+    retrains it and its cached rows are of the new weights."""
+    from conftest import write_tiny_yaml
+    from msad_tf.demo import DEMO_RUNS, run_demo
+    from msad_tf.reproduce import EVAL_CACHE
+
+    path = write_tiny_yaml(tmp_path / "tiny.yaml", epochs=1, lr_decay_epochs=(0.5,))
+    out = tmp_path / "demo"
+    single = tuple(run for run in DEMO_RUNS if run[0] == "single")
+    table = run_demo(path, out, str(tiny_data), runs_to_do=single, export_student=False)
+    assert set(table) == {"single-scale @H", "single-scale @L"}
+    cache = out / "single" / EVAL_CACHE
+    weights = out / "single" / "model.weights.h5"
+    assert set(json.loads(cache.read_text())) == {"final/high/-/subsample", "final/low/-/subsample"}
+    first = weights.stat().st_mtime_ns
+    cache.write_text(json.dumps({"final/high/-/subsample": {"AP": -1.0}}))
+    assert run_demo(path, out, str(tiny_data), runs_to_do=single, export_student=False)["single-scale @H"] == {
+        "AP": -1.0}
+    again = run_demo(path, out, str(tiny_data), runs_to_do=single, export_student=False, force=True)
+    assert weights.stat().st_mtime_ns > first and again["single-scale @H"]["AP"] >= 0
+    assert set(json.loads(cache.read_text())) == {"final/high/-/subsample", "final/low/-/subsample"}
+
+
 def test_demo_runs_default_to_those_the_claims_read_and_a_student_brings_its_teacher():
     from msad_tf.cli import build_parser
     from msad_tf.demo import DEFAULT_RUNS, DEMO_RUNS, select_runs
